@@ -1,0 +1,152 @@
+//! `ApiError`: every way a request can fail, and its one rendering as
+//! RFC 9457 problem details.
+
+use crate::domain::FieldError;
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::json;
+
+/// Seconds a client should wait before retrying after 429/503.
+const RETRY_AFTER_SECS: u64 = 5;
+
+/// A failed request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("the token lacks the scope or role for this operation")]
+    InsufficientScope,
+    #[error("items belong to a company the caller may not write")]
+    CompanyAccessDenied { indexes: Vec<usize> },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the request body is invalid")]
+    Validation(Vec<FieldError>),
+    #[error("{0}")]
+    BatchTooLarge(String),
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("the request body must be application/json")]
+    UnsupportedMediaType,
+    #[error("the request queues are full; retry later")]
+    QueueFull { retry_after: u64 },
+    #[error("the message broker is unavailable; retry later")]
+    BrokerUnavailable,
+    #[error("the database is unavailable; retry later")]
+    DatabaseUnavailable,
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::InsufficientScope | ApiError::CompanyAccessDenied { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BatchTooLarge(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BrokerUnavailable | ApiError::DatabaseUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable snake_case code clients branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::InsufficientScope => "insufficient_scope",
+            ApiError::CompanyAccessDenied { .. } => "company_access_denied",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Validation(_) => "validation_failed",
+            ApiError::BatchTooLarge(_) => "batch_too_large",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::QueueFull { .. } => "queue_full",
+            ApiError::BrokerUnavailable => "broker_unavailable",
+            ApiError::DatabaseUnavailable => "database_unavailable",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(_) => "Unauthorized",
+            ApiError::InsufficientScope => "Insufficient scope",
+            ApiError::CompanyAccessDenied { .. } => "Company access denied",
+            ApiError::NotFound(_) => "Not found",
+            ApiError::Validation(_) => "Validation failed",
+            ApiError::BatchTooLarge(_) => "Batch too large",
+            ApiError::PayloadTooLarge { .. } => "Payload too large",
+            ApiError::UnsupportedMediaType => "Unsupported media type",
+            ApiError::QueueFull { .. } => "Too many requests",
+            ApiError::BrokerUnavailable | ApiError::DatabaseUnavailable => "Service unavailable",
+            ApiError::Internal(_) => "Internal server error",
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        if crate::store::is_transient(&error) {
+            tracing::warn!(%error, "database unavailable");
+            ApiError::DatabaseUnavailable
+        } else {
+            ApiError::Internal(error.to_string())
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal(detail) = &self {
+            // Logged here, never shown: internals do not leak to clients.
+            tracing::error!(%detail, "internal error");
+        }
+        let mut body = json!({
+            "type": format!("https://sync-ingest.dev/problems/{}", self.code().replace('_', "-")),
+            "title": self.title(),
+            "status": status.as_u16(),
+            "detail": self.to_string(),
+            "code": self.code(),
+        });
+        match &self {
+            ApiError::Validation(errors) => body["errors"] = json!(errors),
+            ApiError::CompanyAccessDenied { indexes } => body["indexes"] = json!(indexes),
+            _ => {}
+        }
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        match &self {
+            ApiError::Unauthorized(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"sync-ingest\""),
+                );
+            }
+            ApiError::QueueFull { retry_after } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            ApiError::BrokerUnavailable | ApiError::DatabaseUnavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            _ => {}
+        }
+        response
+    }
+}

@@ -1,0 +1,60 @@
+//! The HTTP front: routers for the public and the operations listener.
+
+mod error;
+mod health;
+mod http_metrics;
+mod jobs;
+mod principal;
+mod state;
+mod submit;
+
+pub use error::ApiError;
+pub use state::AppState;
+pub use submit::Accepted;
+
+use axum::{
+    extract::DefaultBodyLimit,
+    http::header,
+    middleware,
+    response::IntoResponse,
+    routing::{get, post},
+    Router,
+};
+use tower_http::trace::TraceLayer;
+
+/// The public API: `/api/v1/…`, `/healthz`, `/readyz`.
+pub fn public_router(state: AppState) -> Router {
+    let body_limit = state.settings.max_body_bytes;
+    Router::new()
+        .route("/api/v1/sync/jobs/{correlation_id}", get(jobs::get_job))
+        .route(
+            "/api/v1/sync/{entity}",
+            post(submit::submit).layer(DefaultBodyLimit::max(body_limit)),
+        )
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(not_found)
+        .layer(middleware::from_fn(http_metrics::track))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The operations listener: `/metrics`, `/healthz`, `/readyz`. Never public.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such resource".into())
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::telemetry::prometheus().render(),
+    )
+}

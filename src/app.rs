@@ -1,0 +1,226 @@
+//! Starting and stopping the service's parts in one process.
+
+use crate::{
+    api::{self, AppState},
+    auth::{Authenticator, JwtVerifier},
+    config::Settings,
+    queue::{Publisher, Topology},
+    store::{self, StoreError},
+    worker::Worker,
+};
+use sqlx::PgPool;
+use std::{net::SocketAddr, sync::Arc};
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+/// Which parts run in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// HTTP front and worker.
+    All,
+    /// HTTP front only.
+    Api,
+    /// Worker only.
+    Worker,
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running service; dropping it does not stop it, [`Service::shutdown`] does.
+pub struct Service {
+    /// Where the public API listens (None for a worker).
+    pub http_addr: Option<SocketAddr>,
+    /// Where the operations listener listens.
+    pub ops_addr: SocketAddr,
+    pub pool: PgPool,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+    settings: Arc<Settings>,
+}
+
+/// The topology described by `settings`.
+pub fn topology(settings: &Settings) -> Topology {
+    Topology {
+        prefix: settings.queue_prefix.clone(),
+        shards: settings.shards,
+        delivery_limit: settings.delivery_limit,
+        max_queue_length: settings.max_queue_depth,
+        results_ttl_ms: settings.results_ttl_secs.saturating_mul(1000),
+        results_max_length: settings.results_max_length,
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+impl Service {
+    /// Connects to PostgreSQL (creating and migrating the database), then
+    /// starts the listeners and the worker that `mode` asks for. The broker
+    /// may be down: the api then answers 503 until it is back.
+    pub async fn start(settings: Settings, mode: Mode) -> Result<Service, StartError> {
+        crate::telemetry::prometheus();
+        let settings = Arc::new(settings);
+        let pool = store::connect_and_migrate(&settings.database_url, 16).await?;
+        let name = match mode {
+            Mode::All => "sync-ingest all",
+            Mode::Api => "sync-ingest api",
+            Mode::Worker => "sync-ingest worker results",
+        };
+        let publisher = Arc::new(Publisher::new(
+            &settings.amqp_url,
+            name,
+            topology(&settings),
+            settings.confirm_timeout(),
+        ));
+        if !publisher.is_ready().await {
+            tracing::warn!("broker unreachable at start-up; will keep trying");
+        }
+        let jwt = settings.jwt_secret.as_deref().map(|secret| {
+            JwtVerifier::new(
+                secret,
+                settings.jwt_issuer.as_deref(),
+                settings.jwt_audience.as_deref(),
+            )
+        });
+        let state = AppState {
+            settings: settings.clone(),
+            pool: pool.clone(),
+            publisher: publisher.clone(),
+            auth: Authenticator::new(pool.clone(), jwt),
+        };
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+
+        let http_addr = if mode == Mode::Worker {
+            None
+        } else {
+            let listener = bind(settings.http_addr).await?;
+            let addr = listener.local_addr().map_err(|source| StartError::Bind {
+                addr: settings.http_addr,
+                source,
+            })?;
+            serve(
+                &mut tasks,
+                listener,
+                api::public_router(state.clone()),
+                &stop,
+            );
+            tracing::info!(%addr, "public API listening");
+            Some(addr)
+        };
+        let ops_default = if mode == Mode::Worker {
+            "127.0.0.1:9091"
+        } else {
+            "127.0.0.1:9090"
+        };
+        let ops_wanted = settings
+            .ops_addr
+            .unwrap_or_else(|| ops_default.parse().unwrap_or_else(|_| unreachable!()));
+        let ops_listener = bind(ops_wanted).await?;
+        let ops_addr = ops_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: ops_wanted,
+                source,
+            })?;
+        serve(
+            &mut tasks,
+            ops_listener,
+            api::ops_router(state.clone()),
+            &stop,
+        );
+        tracing::info!(addr = %ops_addr, "operations listener listening");
+
+        if mode != Mode::Api {
+            let worker = Worker::new(
+                pool.clone(),
+                publisher,
+                &settings.amqp_url,
+                settings.prefetch,
+            );
+            tasks.spawn(worker.run(stop.clone()));
+        }
+        Ok(Service {
+            http_addr,
+            ops_addr,
+            pool,
+            stop,
+            tasks,
+            settings,
+        })
+    }
+
+    /// Stops accepting and consuming, lets in-flight work finish, and waits
+    /// (at most the shutdown timeout) for everything to end.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        let timeout = self.settings.shutdown_timeout();
+        let drained = tokio::time::timeout(timeout, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(?timeout, "shutdown timed out; abandoning unfinished work");
+            self.tasks.abort_all();
+        }
+        self.pool.close().await;
+    }
+
+    /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
+    pub async fn run_until_signalled(self) {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+fn serve(
+    tasks: &mut JoinSet<()>,
+    listener: TcpListener,
+    router: axum::Router,
+    stop: &CancellationToken,
+) {
+    let stop = stop.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "listener failed");
+        }
+    });
+}
+
+async fn wait_for_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,185 @@
+//! Service settings: flags with environment-variable fallbacks (SPEC §2).
+
+use clap::{Args, ValueEnum};
+use std::{net::SocketAddr, time::Duration};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything the api and the worker need to run. Defaults let
+/// `sync-ingest all` run against a local PostgreSQL and RabbitMQ as is.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// PostgreSQL URL; the database is created if missing.
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/sync_ingest"
+    )]
+    pub database_url: String,
+
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        global = true,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+
+    /// Public listener (api): /api/v1/…, /healthz, /readyz.
+    #[arg(
+        long,
+        global = true,
+        env = "SYNC_HTTP_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub http_addr: SocketAddr,
+
+    /// Operations listener: /metrics, /healthz, /readyz. Defaults to
+    /// 127.0.0.1:9090, or 127.0.0.1:9091 for `worker`.
+    #[arg(long, global = true, env = "SYNC_OPS_ADDR")]
+    pub ops_addr: Option<SocketAddr>,
+
+    /// Prefix of every exchange and queue name.
+    #[arg(long, global = true, env = "SYNC_QUEUE_PREFIX", default_value = "sync")]
+    pub queue_prefix: String,
+
+    /// Number of request queues (shards).
+    #[arg(long, global = true, env = "SYNC_SHARDS", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub shards: u16,
+
+    /// Larger request bodies get 413.
+    #[arg(long, global = true, env = "SYNC_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Items per request for every entity but pieces.
+    #[arg(long, global = true, env = "SYNC_MAX_BATCH", default_value_t = 5000)]
+    pub max_batch: usize,
+
+    /// Items per request for pieces.
+    #[arg(
+        long,
+        global = true,
+        env = "SYNC_MAX_BATCH_PIECES",
+        default_value_t = 1000
+    )]
+    pub max_batch_pieces: usize,
+
+    /// Ready messages across the request queues above which the api answers 429;
+    /// also each request queue's `x-max-length`.
+    #[arg(
+        long,
+        global = true,
+        env = "SYNC_MAX_QUEUE_DEPTH",
+        default_value_t = 100_000
+    )]
+    pub max_queue_depth: u64,
+
+    /// How often a request queue's message may be redelivered before it is
+    /// dead-lettered (`x-delivery-limit`).
+    #[arg(long, global = true, env = "SYNC_DELIVERY_LIMIT", default_value_t = 5)]
+    pub delivery_limit: u32,
+
+    /// Unacknowledged messages a worker holds per shard.
+    #[arg(long, global = true, env = "SYNC_PREFETCH", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: u16,
+
+    /// How long the api waits for the broker to confirm a publish.
+    #[arg(
+        long,
+        global = true,
+        env = "SYNC_CONFIRM_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub confirm_timeout_ms: u64,
+
+    /// Time-to-live of messages in the `{prefix}.results` queue.
+    #[arg(
+        long,
+        global = true,
+        env = "SYNC_RESULTS_TTL_SECS",
+        default_value_t = 86_400
+    )]
+    pub results_ttl_secs: u64,
+
+    /// Maximum length of the `{prefix}.results` queue.
+    #[arg(
+        long,
+        global = true,
+        env = "SYNC_RESULTS_MAX_LENGTH",
+        default_value_t = 100_000
+    )]
+    pub results_max_length: u64,
+
+    /// HS256 secret for JWTs; unset: JWTs are refused.
+    #[arg(long, global = true, env = "SYNC_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Required `iss` of JWTs, when set.
+    #[arg(long, global = true, env = "SYNC_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` of JWTs, when set.
+    #[arg(long, global = true, env = "SYNC_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Finished jobs older than this are purged.
+    #[arg(
+        long,
+        global = true,
+        env = "SYNC_JOB_RETENTION_HOURS",
+        default_value_t = 168
+    )]
+    pub job_retention_hours: u64,
+
+    /// Bound on a graceful shutdown.
+    #[arg(
+        long,
+        global = true,
+        env = "SYNC_SHUTDOWN_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
+    pub shutdown_timeout_secs: u64,
+
+    /// `text` or `json` logs.
+    #[arg(long, global = true, env = "SYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    /// Settings as if no flag and no environment variable were given.
+    pub fn defaults() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let parsed: Only = clap::Parser::try_parse_from(["sync-ingest"])
+            .unwrap_or_else(|e| panic!("built-in defaults must parse: {e}"));
+        parsed.settings
+    }
+
+    /// Items allowed in one request for `entity`.
+    pub fn batch_limit(&self, entity: crate::domain::Entity) -> usize {
+        match entity {
+            crate::domain::Entity::Pieces => self.max_batch_pieces,
+            _ => self.max_batch,
+        }
+    }
+
+    /// How long the api waits for a publisher confirm.
+    pub fn confirm_timeout(&self) -> Duration {
+        Duration::from_millis(self.confirm_timeout_ms)
+    }
+
+    /// Bound on a graceful shutdown.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+}

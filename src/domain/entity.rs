@@ -1,0 +1,59 @@
+//! The five kinds of record a source can push.
+
+use serde::{Deserialize, Serialize};
+use std::{fmt, str::FromStr};
+
+/// An entity type, spelled in URLs, table names and messages as `as_str()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Entity {
+    Projects,
+    Components,
+    Assemblies,
+    Pieces,
+    Articles,
+}
+
+impl Entity {
+    /// Every entity, in dependency order (referenced before referencing).
+    pub const ALL: [Entity; 5] = [
+        Entity::Projects,
+        Entity::Articles,
+        Entity::Components,
+        Entity::Assemblies,
+        Entity::Pieces,
+    ];
+
+    /// The URL segment and table name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Entity::Projects => "projects",
+            Entity::Components => "components",
+            Entity::Assemblies => "assemblies",
+            Entity::Pieces => "pieces",
+            Entity::Articles => "articles",
+        }
+    }
+}
+
+impl fmt::Display for Entity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The segment named no entity.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown entity `{0}`")]
+pub struct UnknownEntity(pub String);
+
+impl FromStr for Entity {
+    type Err = UnknownEntity;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Entity::ALL
+            .into_iter()
+            .find(|e| e.as_str() == s)
+            .ok_or_else(|| UnknownEntity(s.to_owned()))
+    }
+}

@@ -1,0 +1,255 @@
+//! The typed, validated form of each entity's items, as carried in queue
+//! messages and written to the database.
+
+use super::Entity;
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Lifecycle state of a project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectStatus {
+    Planned,
+    #[default]
+    Active,
+    OnHold,
+    Completed,
+    Archived,
+}
+
+impl ProjectStatus {
+    /// Every accepted spelling, for validation messages.
+    pub const NAMES: [&'static str; 5] = ["planned", "active", "on_hold", "completed", "archived"];
+
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProjectStatus::Planned => "planned",
+            ProjectStatus::Active => "active",
+            ProjectStatus::OnHold => "on_hold",
+            ProjectStatus::Completed => "completed",
+            ProjectStatus::Archived => "archived",
+        }
+    }
+}
+
+/// A project: the root every other record hangs from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Project {
+    pub guid: Uuid,
+    pub company_guid: Uuid,
+    pub number: String,
+    pub name: String,
+    pub description: Option<String>,
+    #[serde(default)]
+    pub status: ProjectStatus,
+    pub start_date: Option<NaiveDate>,
+    pub end_date: Option<NaiveDate>,
+    pub attributes: Option<Value>,
+}
+
+/// A component of a project (a building part, a system, …).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Component {
+    pub guid: Uuid,
+    pub company_guid: Uuid,
+    pub project_guid: Uuid,
+    pub name: String,
+    pub component_type: Option<String>,
+    pub description: Option<String>,
+    pub attributes: Option<Value>,
+}
+
+/// An assembly: pieces joined under one mark.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assembly {
+    pub guid: Uuid,
+    pub company_guid: Uuid,
+    pub project_guid: Uuid,
+    pub component_guid: Option<Uuid>,
+    pub mark: String,
+    pub name: Option<String>,
+    #[serde(default = "one")]
+    pub quantity: i32,
+    pub attributes: Option<Value>,
+}
+
+/// A single manufactured piece of an assembly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Piece {
+    pub guid: Uuid,
+    pub company_guid: Uuid,
+    pub assembly_guid: Uuid,
+    pub article_guid: Option<Uuid>,
+    pub mark: String,
+    #[serde(default = "one")]
+    pub quantity: i32,
+    pub length_mm: Option<f64>,
+    pub width_mm: Option<f64>,
+    pub height_mm: Option<f64>,
+    pub weight_kg: Option<f64>,
+    pub attributes: Option<Value>,
+}
+
+/// A catalogue article (profile, plate, bolt …) pieces are made of.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Article {
+    pub guid: Uuid,
+    pub company_guid: Uuid,
+    pub number: String,
+    pub name: String,
+    pub unit: Option<String>,
+    pub description: Option<String>,
+    pub attributes: Option<Value>,
+}
+
+fn one() -> i32 {
+    1
+}
+
+/// A reference from an item to another entity, which must not belong to
+/// another company.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reference {
+    pub target: Entity,
+    pub guid: Uuid,
+}
+
+/// What every item has in common, whatever its entity.
+pub trait SyncItem {
+    /// The entity this item type belongs to.
+    const ENTITY: Entity;
+    /// The item's GUID (always assigned once validated).
+    fn guid(&self) -> Uuid;
+    /// The tenant the item belongs to.
+    fn company_guid(&self) -> Uuid;
+    /// The other entities this item points at.
+    fn references(&self) -> Vec<Reference>;
+}
+
+fn reference(target: Entity, guid: Option<Uuid>) -> Option<Reference> {
+    guid.map(|guid| Reference { target, guid })
+}
+
+macro_rules! sync_item {
+    ($ty:ty, $entity:expr, |$it:ident| $refs:expr) => {
+        impl SyncItem for $ty {
+            const ENTITY: Entity = $entity;
+            fn guid(&self) -> Uuid {
+                self.guid
+            }
+            fn company_guid(&self) -> Uuid {
+                self.company_guid
+            }
+            fn references(&self) -> Vec<Reference> {
+                let $it = self;
+                $refs.into_iter().flatten().collect()
+            }
+        }
+    };
+}
+
+sync_item!(Project, Entity::Projects, |_p| [None]);
+sync_item!(Article, Entity::Articles, |_a| [None]);
+sync_item!(Component, Entity::Components, |c| [reference(
+    Entity::Projects,
+    Some(c.project_guid)
+)]);
+sync_item!(Assembly, Entity::Assemblies, |a| [
+    reference(Entity::Projects, Some(a.project_guid)),
+    reference(Entity::Components, a.component_guid),
+]);
+sync_item!(Piece, Entity::Pieces, |p| [
+    reference(Entity::Assemblies, Some(p.assembly_guid)),
+    reference(Entity::Articles, p.article_guid),
+]);
+
+/// A validated batch of one entity's items, GUIDs assigned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "entity", content = "items", rename_all = "snake_case")]
+pub enum Batch {
+    Projects(Vec<Project>),
+    Components(Vec<Component>),
+    Assemblies(Vec<Assembly>),
+    Pieces(Vec<Piece>),
+    Articles(Vec<Article>),
+}
+
+/// Applies `$body` to the batch's item vector, whatever its type.
+#[macro_export]
+macro_rules! with_items {
+    ($batch:expr, |$items:ident| $body:expr) => {
+        match $batch {
+            $crate::domain::Batch::Projects($items) => $body,
+            $crate::domain::Batch::Components($items) => $body,
+            $crate::domain::Batch::Assemblies($items) => $body,
+            $crate::domain::Batch::Pieces($items) => $body,
+            $crate::domain::Batch::Articles($items) => $body,
+        }
+    };
+}
+
+impl Batch {
+    /// The entity of every item in the batch.
+    pub fn entity(&self) -> Entity {
+        match self {
+            Batch::Projects(_) => Entity::Projects,
+            Batch::Components(_) => Entity::Components,
+            Batch::Assemblies(_) => Entity::Assemblies,
+            Batch::Pieces(_) => Entity::Pieces,
+            Batch::Articles(_) => Entity::Articles,
+        }
+    }
+
+    /// Number of items.
+    pub fn len(&self) -> usize {
+        with_items!(self, |items| items.len())
+    }
+
+    /// True for an empty batch.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every item's GUID, in submission order.
+    pub fn guids(&self) -> Vec<Uuid> {
+        with_items!(self, |items| items.iter().map(SyncItem::guid).collect())
+    }
+
+    /// Every item's company, in submission order.
+    pub fn companies(&self) -> Vec<Uuid> {
+        with_items!(self, |items| items
+            .iter()
+            .map(SyncItem::company_guid)
+            .collect())
+    }
+
+    /// Every item's references, paired with the item's index.
+    pub fn references(&self) -> Vec<(usize, Uuid, Reference)> {
+        with_items!(self, |items| items
+            .iter()
+            .enumerate()
+            .flat_map(|(i, it)| {
+                let company = it.company_guid();
+                it.references().into_iter().map(move |r| (i, company, r))
+            })
+            .collect())
+    }
+
+    /// The company the batch belongs to: the items' company when they share
+    /// one, otherwise (a SystemAdmin's mixed batch, or an empty one) `caller`.
+    pub fn owner(&self, caller: Uuid) -> Uuid {
+        let companies = self.companies();
+        match companies.first() {
+            Some(first) if companies.iter().all(|c| c == first) => *first,
+            _ => caller,
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The five entities: their types and validation. No I/O here.
+
+mod entity;
+mod items;
+pub mod schema;
+mod validate;
+
+pub use entity::{Entity, UnknownEntity};
+pub use items::{
+    Article, Assembly, Batch, Component, Piece, Project, ProjectStatus, Reference, SyncItem,
+};
+pub use validate::{parse_batch, BatchError, FieldError};

@@ -1,0 +1,253 @@
+//! Turning a request body into a [`Batch`], collecting every error on the way.
+
+use super::schema::{fields, Field, FieldKind};
+use super::{Batch, Entity};
+use chrono::NaiveDate;
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::{Map, Value};
+use std::collections::{hash_map::Entry, HashMap};
+use uuid::Uuid;
+
+/// One problem with one field of one item (or with the body as a whole,
+/// when `index` and `field` are absent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub index: Option<usize>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl FieldError {
+    fn body(message: impl Into<String>) -> Self {
+        FieldError {
+            index: None,
+            field: None,
+            message: message.into(),
+        }
+    }
+
+    fn item(index: usize, field: &str, message: impl Into<String>) -> Self {
+        FieldError {
+            index: Some(index),
+            field: Some(field.to_owned()),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a body is not a batch.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BatchError {
+    /// More items than the entity's limit.
+    #[error("{count} items exceed the limit of {limit} for {entity}")]
+    TooLarge {
+        entity: Entity,
+        count: usize,
+        limit: usize,
+    },
+    /// The body or some items are invalid; every problem found is listed.
+    #[error("{} validation error(s)", .0.len())]
+    Invalid(Vec<FieldError>),
+}
+
+/// Parses and validates a request body of `entity` items, assigning a new
+/// UUIDv7 to every item without a GUID. `limit` is the entity's batch limit.
+pub fn parse_batch(entity: Entity, body: &[u8], limit: usize) -> Result<Batch, BatchError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| BatchError::Invalid(vec![FieldError::body(format!("malformed JSON: {e}"))]))?;
+    let Value::Array(items) = value else {
+        return Err(BatchError::Invalid(vec![FieldError::body(
+            "the body must be a JSON array of items",
+        )]));
+    };
+    if items.len() > limit {
+        return Err(BatchError::TooLarge {
+            entity,
+            count: items.len(),
+            limit,
+        });
+    }
+    let mut errors = Vec::new();
+    let mut objects = Vec::with_capacity(items.len());
+    let mut seen = HashMap::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        check_duplicate_guid(index, &item, &mut seen, &mut errors);
+        if let Some(object) = check_item(entity, index, item, &mut errors) {
+            objects.push(object);
+        }
+    }
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| e.index);
+        return Err(BatchError::Invalid(errors));
+    }
+    let objects = objects.into_iter().map(|mut o| {
+        o.entry("guid")
+            .and_modify(|g| {
+                if g.is_null() {
+                    *g = Value::String(Uuid::now_v7().to_string())
+                }
+            })
+            .or_insert_with(|| Value::String(Uuid::now_v7().to_string()));
+        Value::Object(o)
+    });
+    let typed = match entity {
+        Entity::Projects => Batch::Projects(typed(objects)?),
+        Entity::Components => Batch::Components(typed(objects)?),
+        Entity::Assemblies => Batch::Assemblies(typed(objects)?),
+        Entity::Pieces => Batch::Pieces(typed(objects)?),
+        Entity::Articles => Batch::Articles(typed(objects)?),
+    };
+    Ok(typed)
+}
+
+/// Converts checked objects into typed items. The checks above guarantee
+/// success; an error here is a gap in them, reported rather than panicking.
+fn typed<T: DeserializeOwned>(objects: impl Iterator<Item = Value>) -> Result<Vec<T>, BatchError> {
+    objects
+        .enumerate()
+        .map(|(index, object)| {
+            serde_json::from_value(object).map_err(|e| {
+                BatchError::Invalid(vec![FieldError {
+                    index: Some(index),
+                    field: None,
+                    message: e.to_string(),
+                }])
+            })
+        })
+        .collect()
+}
+
+fn check_item(
+    entity: Entity,
+    index: usize,
+    item: Value,
+    errors: &mut Vec<FieldError>,
+) -> Option<Map<String, Value>> {
+    let Value::Object(object) = item else {
+        errors.push(FieldError {
+            index: Some(index),
+            field: None,
+            message: "each item must be a JSON object".into(),
+        });
+        return None;
+    };
+    let before = errors.len();
+    for key in object.keys() {
+        if !fields(entity).any(|f| f.name == key) {
+            errors.push(FieldError::item(index, key, "unknown field"));
+        }
+    }
+    for field in fields(entity) {
+        match object.get(field.name) {
+            None | Some(Value::Null) if field.required => {
+                errors.push(FieldError::item(index, field.name, "is required"))
+            }
+            None | Some(Value::Null) => {}
+            Some(value) => {
+                if let Err(message) = check_value(field, value) {
+                    errors.push(FieldError::item(index, field.name, message));
+                }
+            }
+        }
+    }
+    check_date_order(index, &object, errors);
+    (errors.len() == before).then_some(object)
+}
+
+fn check_value(field: &Field, value: &Value) -> Result<(), String> {
+    match field.kind {
+        FieldKind::Uuid => {
+            let s = value.as_str().ok_or("must be a UUID string")?;
+            Uuid::parse_str(s).map_err(|_| "is not a valid UUID")?;
+        }
+        FieldKind::Text { max } => {
+            let s = value.as_str().ok_or("must be a string")?;
+            if field.required && s.trim().is_empty() {
+                return Err("must not be empty or blank".into());
+            }
+            let chars = s.chars().count();
+            if chars > max {
+                return Err(format!("must be at most {max} characters (got {chars})"));
+            }
+        }
+        FieldKind::OneOf(allowed) => {
+            let s = value.as_str().ok_or("must be a string")?;
+            if !allowed.contains(&s) {
+                return Err(format!("must be one of: {}", allowed.join(", ")));
+            }
+        }
+        FieldKind::Date => {
+            let s = value.as_str().ok_or("must be a date string (YYYY-MM-DD)")?;
+            parse_date(s).ok_or("is not a valid date (YYYY-MM-DD)")?;
+        }
+        FieldKind::Quantity => {
+            let n = value.as_i64().ok_or("must be an integer")?;
+            if n < 1 {
+                return Err("must be at least 1".into());
+            }
+            if n > i64::from(i32::MAX) {
+                return Err(format!("must be at most {}", i32::MAX));
+            }
+        }
+        FieldKind::Measure => {
+            let n = value.as_f64().ok_or("must be a number")?;
+            if !(n >= 0.0 && n.is_finite()) {
+                return Err("must be a number ≥ 0".into());
+            }
+        }
+        FieldKind::Object => {
+            if !value.is_object() {
+                return Err("must be a JSON object".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_date(s: &str) -> Option<NaiveDate> {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()
+}
+
+fn check_date_order(index: usize, object: &Map<String, Value>, errors: &mut Vec<FieldError>) {
+    let date = |name| {
+        object
+            .get(name)
+            .and_then(Value::as_str)
+            .and_then(parse_date)
+    };
+    if let (Some(start), Some(end)) = (date("start_date"), date("end_date")) {
+        if end < start {
+            errors.push(FieldError::item(
+                index,
+                "end_date",
+                "must not be before start_date",
+            ));
+        }
+    }
+}
+
+/// Records `item`'s GUID, reporting it if an earlier item already used it.
+fn check_duplicate_guid(
+    index: usize,
+    item: &Value,
+    seen: &mut HashMap<Uuid, usize>,
+    errors: &mut Vec<FieldError>,
+) {
+    let Some(guid) = item
+        .get("guid")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
+    else {
+        return;
+    };
+    match seen.entry(guid) {
+        Entry::Occupied(first) => errors.push(FieldError::item(
+            index,
+            "guid",
+            format!("duplicates the guid of item {}", first.get()),
+        )),
+        Entry::Vacant(slot) => {
+            slot.insert(index);
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! sync-ingest: a queue-driven bulk synchronization API for manufacturing
+//! data. See `README.md` and `../shared/SPEC.md` for the contract.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod queue;
+pub mod store;
+pub mod telemetry;
+pub mod worker;

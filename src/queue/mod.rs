@@ -1,0 +1,9 @@
+//! RabbitMQ: topology, publishing with confirms, the message envelope.
+
+pub mod envelope;
+pub mod publisher;
+pub mod topology;
+
+pub use envelope::{BatchMessage, EnvelopeError, MESSAGE_VERSION};
+pub use publisher::{PublishError, Publisher};
+pub use topology::Topology;

@@ -1,0 +1,262 @@
+//! Publishing with publisher confirms over a long-lived connection.
+//!
+//! The connection and its confirm-mode channels are opened on first use and
+//! reopened after any failure; a publish never waits longer than the
+//! confirm timeout, so a request never hangs on a dead broker.
+
+use super::{envelope::BatchMessage, topology::Topology};
+use lapin::{
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::{AMQPValue, FieldTable},
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+};
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+/// Channels per connection; confirms on one channel are serialised by the
+/// broker, so a few of them let concurrent requests overlap.
+const CHANNELS: usize = 4;
+/// After a failed connect, callers fail fast for this long instead of each
+/// trying again.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+
+/// Why a message is not (known to be) in the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    #[error("broker did not confirm within {0:?}")]
+    Timeout(Duration),
+    #[error("broker refused the message (queue full)")]
+    Rejected,
+    #[error("message could not be routed to any queue")]
+    Unroutable,
+}
+
+struct Link {
+    connection: Connection,
+    channels: Vec<Channel>,
+}
+
+impl Link {
+    fn healthy(&self) -> bool {
+        self.connection.status().connected() && self.channels.iter().all(|c| c.status().connected())
+    }
+}
+
+#[derive(Default)]
+struct LinkState {
+    link: Option<Arc<Link>>,
+    last_failure: Option<Instant>,
+}
+
+/// Publishes batches and results with confirms.
+pub struct Publisher {
+    url: String,
+    name: String,
+    topology: Topology,
+    confirm_timeout: Duration,
+    state: Mutex<LinkState>,
+    next_channel: AtomicUsize,
+}
+
+impl Publisher {
+    /// A publisher for `url`; nothing is opened until first use.
+    pub fn new(url: &str, name: &str, topology: Topology, confirm_timeout: Duration) -> Self {
+        Publisher {
+            url: url.to_owned(),
+            name: name.to_owned(),
+            topology,
+            confirm_timeout,
+            state: Mutex::new(LinkState::default()),
+            next_channel: AtomicUsize::new(0),
+        }
+    }
+
+    /// The topology this publisher declares and publishes into.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    async fn open(&self) -> Result<Link, lapin::Error> {
+        let properties =
+            ConnectionProperties::default().with_connection_name(self.name.clone().into());
+        let connection = Connection::connect(&self.url, properties).await?;
+        let mut channels = Vec::with_capacity(CHANNELS);
+        for _ in 0..CHANNELS {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            channels.push(channel);
+        }
+        self.topology.declare(&channels[0]).await?;
+        Ok(Link {
+            connection,
+            channels,
+        })
+    }
+
+    async fn link(&self) -> Result<Arc<Link>, PublishError> {
+        let mut state = self.state.lock().await;
+        if let Some(link) = &state.link {
+            if link.healthy() {
+                return Ok(link.clone());
+            }
+            state.link = None;
+        }
+        if let Some(at) = state.last_failure {
+            if at.elapsed() < RECONNECT_PAUSE {
+                return Err(PublishError::Unavailable("reconnecting".into()));
+            }
+        }
+        match tokio::time::timeout(self.confirm_timeout, self.open()).await {
+            Ok(Ok(link)) => {
+                let link = Arc::new(link);
+                state.link = Some(link.clone());
+                state.last_failure = None;
+                tracing::info!(publisher = %self.name, "connected to the broker");
+                Ok(link)
+            }
+            Ok(Err(e)) => {
+                state.last_failure = Some(Instant::now());
+                tracing::warn!(publisher = %self.name, error = %e, "cannot connect to the broker");
+                Err(PublishError::Unavailable(e.to_string()))
+            }
+            Err(_) => {
+                state.last_failure = Some(Instant::now());
+                Err(PublishError::Unavailable("connect timed out".into()))
+            }
+        }
+    }
+
+    /// Forgets the current connection so the next publish opens a new one.
+    async fn drop_link(&self) {
+        let mut state = self.state.lock().await;
+        if let Some(link) = state.link.take() {
+            let _ = link.connection.close(200, "reconnecting".into()).await;
+        }
+    }
+
+    /// True when the broker is reachable (connecting now if needed).
+    pub async fn is_ready(&self) -> bool {
+        self.link().await.is_ok()
+    }
+
+    /// Publishes `body` persistently and mandatorily, and waits for the
+    /// broker's confirm. Only `Ok` means the message is durably queued.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let link = self.link().await?;
+        let index = self.next_channel.fetch_add(1, Ordering::Relaxed) % link.channels.len();
+        let channel = &link.channels[index];
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let properties = properties
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        let confirmed = tokio::time::timeout(self.confirm_timeout, async {
+            channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    options,
+                    body,
+                    properties,
+                )
+                .await?
+                .await
+        })
+        .await;
+        match confirmed {
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(_)))) => Err(PublishError::Unroutable),
+            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Rejected),
+            Ok(Ok(Confirmation::NotRequested)) => {
+                self.drop_link().await;
+                Err(PublishError::Unavailable(
+                    "channel lost confirm mode".into(),
+                ))
+            }
+            Ok(Err(e)) => {
+                self.drop_link().await;
+                Err(PublishError::Unavailable(e.to_string()))
+            }
+            Err(_) => {
+                // A channel that does not confirm in time is suspect; start afresh.
+                self.drop_link().await;
+                Err(PublishError::Timeout(self.confirm_timeout))
+            }
+        }
+    }
+
+    /// Publishes a batch to its shard's request queue.
+    pub async fn publish_batch(
+        &self,
+        shard: u16,
+        message: &BatchMessage,
+    ) -> Result<(), PublishError> {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-sync-entity".into(),
+            AMQPValue::LongString(message.batch.entity().as_str().into()),
+        );
+        let properties = message_properties(message.correlation_id).with_headers(headers);
+        self.publish(
+            &self.topology.requests_exchange(),
+            &shard.to_string(),
+            &message.to_json(),
+            properties,
+        )
+        .await
+    }
+
+    /// Publishes a job resource to the results exchange.
+    pub async fn publish_result(
+        &self,
+        routing_key: &str,
+        correlation_id: Uuid,
+        body: &[u8],
+    ) -> Result<(), PublishError> {
+        match self
+            .publish(
+                &self.topology.results(),
+                routing_key,
+                body,
+                message_properties(correlation_id),
+            )
+            .await
+        {
+            // A result nobody is bound to hear is not an error: the job row
+            // holds it too. (`{prefix}.results` normally catches everything.)
+            Err(PublishError::Unroutable) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+fn message_properties(correlation_id: Uuid) -> BasicProperties {
+    let id = correlation_id.to_string();
+    BasicProperties::default()
+        .with_correlation_id(id.clone().into())
+        .with_message_id(id.into())
+        .with_timestamp(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        )
+}

@@ -1,0 +1,176 @@
+//! Exchange and queue names and their declaration (SPEC §5, §6).
+
+use lapin::{
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, ShortString},
+    Channel, ExchangeKind,
+};
+use uuid::Uuid;
+
+/// The names and arguments of everything the service declares.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub prefix: String,
+    pub shards: u16,
+    pub delivery_limit: u32,
+    pub max_queue_length: u64,
+    pub results_ttl_ms: u64,
+    pub results_max_length: u64,
+}
+
+impl Topology {
+    /// Direct exchange the api publishes batches to, routing key = shard.
+    pub fn requests_exchange(&self) -> String {
+        format!("{}.requests", self.prefix)
+    }
+
+    /// The request queue of one shard.
+    pub fn request_queue(&self, shard: u16) -> String {
+        format!("{}.requests.{shard}", self.prefix)
+    }
+
+    /// Fanout exchange and queue for dead letters.
+    pub fn dead(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    /// Topic exchange and catch-all queue for results.
+    pub fn results(&self) -> String {
+        format!("{}.results", self.prefix)
+    }
+
+    /// The shard of a company: FNV-1a over the UUID's 16 bytes, modulo the
+    /// shard count. Stable across processes, versions and platforms, so every
+    /// api instance sends one company's batches to the same queue.
+    pub fn shard_for(&self, company: Uuid) -> u16 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in company.as_bytes() {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        (hash % u64::from(self.shards)) as u16
+    }
+
+    /// Every request queue name.
+    pub fn request_queues(&self) -> Vec<String> {
+        (0..self.shards).map(|s| self.request_queue(s)).collect()
+    }
+
+    fn request_queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        let mut put = |k: &str, v: AMQPValue| {
+            args.insert(ShortString::from(k), v);
+        };
+        put("x-queue-type", long_string("quorum"));
+        put("x-single-active-consumer", AMQPValue::Boolean(true));
+        put(
+            "x-delivery-limit",
+            AMQPValue::LongLongInt(i64::from(self.delivery_limit)),
+        );
+        put("x-overflow", long_string("reject-publish"));
+        put("x-dead-letter-exchange", long_string(&self.dead()));
+        put("x-dead-letter-strategy", long_string("at-least-once"));
+        put(
+            "x-max-length",
+            AMQPValue::LongLongInt(i64::try_from(self.max_queue_length).unwrap_or(i64::MAX)),
+        );
+        args
+    }
+
+    /// Declares every exchange, queue and binding; safe to repeat.
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let queue_options = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                self.dead().into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        let mut dead_args = FieldTable::default();
+        dead_args.insert("x-queue-type".into(), long_string("quorum"));
+        channel
+            .queue_declare(self.dead().into(), queue_options, dead_args)
+            .await?;
+        channel
+            .queue_bind(
+                self.dead().into(),
+                self.dead().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
+        channel
+            .exchange_declare(
+                self.requests_exchange().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        for shard in 0..self.shards {
+            channel
+                .queue_declare(
+                    self.request_queue(shard).into(),
+                    queue_options,
+                    self.request_queue_arguments(),
+                )
+                .await?;
+            channel
+                .queue_bind(
+                    self.request_queue(shard).into(),
+                    self.requests_exchange().into(),
+                    shard.to_string().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+
+        channel
+            .exchange_declare(
+                self.results().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        let mut results_args = FieldTable::default();
+        results_args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(i64::try_from(self.results_ttl_ms).unwrap_or(i64::MAX)),
+        );
+        results_args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(i64::try_from(self.results_max_length).unwrap_or(i64::MAX)),
+        );
+        results_args.insert("x-overflow".into(), long_string("drop-head"));
+        channel
+            .queue_declare(self.results().into(), queue_options, results_args)
+            .await?;
+        channel
+            .queue_bind(
+                self.results().into(),
+                self.results().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(s.into())
+}

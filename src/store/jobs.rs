@@ -1,0 +1,280 @@
+//! The `sync_jobs` ledger: one row per accepted request.
+
+use crate::domain::Entity;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize, Serializer};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Processing,
+    Succeeded,
+    Failed,
+}
+
+impl JobStatus {
+    /// True once the job will not change any more.
+    pub fn is_finished(self) -> bool {
+        matches!(self, JobStatus::Succeeded | JobStatus::Failed)
+    }
+
+    /// The stored and published spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Processing => "processing",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+        }
+    }
+}
+
+/// Why a job failed, as shown to its owner. Never names another tenant's data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub indexes: Option<Vec<usize>>,
+}
+
+impl JobError {
+    /// Some items use GUIDs or references owned by another company.
+    pub fn company_access_violation(indexes: Vec<usize>) -> Self {
+        JobError {
+            code: "company_access_violation".into(),
+            message: "items use GUIDs or references that belong to another company".into(),
+            indexes: Some(indexes),
+        }
+    }
+
+    /// The queued message could not be read.
+    pub fn invalid_message(reason: &str) -> Self {
+        JobError {
+            code: "invalid_message".into(),
+            message: format!("the queued message could not be read: {reason}"),
+            indexes: None,
+        }
+    }
+
+    /// The batch failed on every allowed attempt.
+    pub fn retries_exhausted(attempts: u32) -> Self {
+        JobError {
+            code: "retries_exhausted".into(),
+            message: format!("the batch could not be applied after {attempts} attempts"),
+            indexes: None,
+        }
+    }
+}
+
+/// A job row, serialised as the job resource of SPEC §5.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct Job {
+    pub correlation_id: Uuid,
+    #[serde(skip)]
+    pub company_guid: Uuid,
+    #[sqlx(try_from = "String")]
+    pub entity: EntityColumn,
+    pub status: JobStatus,
+    pub item_count: i32,
+    pub inserted: Option<i32>,
+    pub updated: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unchanged: Option<i32>,
+    #[sqlx(json(nullable))]
+    pub error: Option<JobError>,
+    pub attempts: i32,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    #[serde(skip)]
+    pub shard: i32,
+    #[serde(serialize_with = "millis")]
+    pub submitted_at: DateTime<Utc>,
+    #[serde(serialize_with = "opt_millis")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "opt_millis")]
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// The `entity` column, read back into an [`Entity`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct EntityColumn(pub Entity);
+
+impl TryFrom<String> for EntityColumn {
+    type Error = crate::domain::UnknownEntity;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse().map(EntityColumn)
+    }
+}
+
+fn millis<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+fn opt_millis<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(at) => millis(at, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// What the api records before publishing a batch.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub correlation_id: Uuid,
+    pub company_guid: Uuid,
+    pub entity: Entity,
+    pub item_count: i32,
+    pub dry_run: bool,
+    pub shard: i32,
+    pub submitted_by: String,
+}
+
+const COLUMNS: &str = "correlation_id, company_guid, entity, status, item_count, inserted, \
+     updated, unchanged, error, attempts, dry_run, shard, submitted_at, started_at, completed_at";
+
+/// Records a job waiting in the queue.
+#[tracing::instrument(skip_all, fields(correlation_id = %job.correlation_id))]
+pub async fn insert_queued(pool: &PgPool, job: &NewJob) -> Result<Job, sqlx::Error> {
+    insert(pool, job, JobStatus::Queued).await
+}
+
+/// Records an empty batch's job, finished at once with nothing applied.
+pub async fn insert_empty_succeeded(pool: &PgPool, job: &NewJob) -> Result<Job, sqlx::Error> {
+    insert(pool, job, JobStatus::Succeeded).await
+}
+
+async fn insert(pool: &PgPool, job: &NewJob, status: JobStatus) -> Result<Job, sqlx::Error> {
+    let finished = status.is_finished();
+    sqlx::query_as(&format!(
+        "INSERT INTO sync_jobs (correlation_id, company_guid, entity, status, item_count, \
+             dry_run, shard, submitted_by, inserted, updated, unchanged, started_at, completed_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+             CASE WHEN $9 THEN 0 END, CASE WHEN $9 THEN 0 END, CASE WHEN $9 THEN 0 END, \
+             CASE WHEN $9 THEN now() END, CASE WHEN $9 THEN now() END) \
+         RETURNING {COLUMNS}"
+    ))
+    .bind(job.correlation_id)
+    .bind(job.company_guid)
+    .bind(job.entity.as_str())
+    .bind(status)
+    .bind(job.item_count)
+    .bind(job.dry_run)
+    .bind(job.shard)
+    .bind(&job.submitted_by)
+    .bind(finished)
+    .fetch_one(pool)
+    .await
+}
+
+/// Removes a job the broker never confirmed. Only a still-queued job is
+/// removed: if a worker already took it, the message did arrive and the job
+/// stays. Returns whether it was removed.
+pub async fn delete_unconfirmed(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM sync_jobs WHERE correlation_id = $1 AND status = 'queued'")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A job as its owner sees it; `company` None means any company (SystemAdmin).
+pub async fn find_visible(
+    pool: &PgPool,
+    id: Uuid,
+    company: Option<Uuid>,
+) -> Result<Option<Job>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM sync_jobs \
+         WHERE correlation_id = $1 AND ($2::uuid IS NULL OR company_guid = $2)"
+    ))
+    .bind(id)
+    .bind(company)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Reads a job without locking it.
+pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM sync_jobs WHERE correlation_id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Marks a delivery of the job as started, committed on its own so the
+/// attempt counts even if the apply transaction is lost. A finished job is
+/// returned unchanged.
+pub async fn start_attempt(conn: &mut PgConnection, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE sync_jobs SET \
+             status = CASE WHEN status IN ('queued', 'processing') THEN 'processing' ELSE status END, \
+             attempts = attempts + CASE WHEN status IN ('queued', 'processing') THEN 1 ELSE 0 END, \
+             started_at = COALESCE(started_at, now()) \
+         WHERE correlation_id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Locks the job row for the rest of the transaction; this is what makes a
+/// concurrent redelivery wait and then see the job finished.
+pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM sync_jobs WHERE correlation_id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Finishes a job as succeeded with its counts.
+pub async fn finish_succeeded(
+    conn: &mut PgConnection,
+    id: Uuid,
+    inserted: i32,
+    updated: i32,
+) -> Result<Job, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE sync_jobs SET status = 'succeeded', inserted = $2, updated = $3, \
+             completed_at = now() \
+         WHERE correlation_id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(inserted)
+    .bind(updated)
+    .fetch_one(conn)
+    .await
+}
+
+/// Finishes a job as failed, unless it already finished. Returns the job as
+/// it now stands (None if it does not exist).
+pub async fn finish_failed(
+    conn: &mut PgConnection,
+    id: Uuid,
+    error: &JobError,
+) -> Result<Option<Job>, sqlx::Error> {
+    let error = sqlx::types::Json(error);
+    let updated: Option<Job> = sqlx::query_as(&format!(
+        "UPDATE sync_jobs SET status = 'failed', error = $2, completed_at = now(), \
+             started_at = COALESCE(started_at, now()) \
+         WHERE correlation_id = $1 AND status IN ('queued', 'processing') RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(error)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match updated {
+        Some(job) => Ok(Some(job)),
+        None => find(conn, id).await,
+    }
+}

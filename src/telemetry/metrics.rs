@@ -1,0 +1,68 @@
+//! Every metric's name, description and buckets (SPEC §7), in one place.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+pub const HTTP_REQUESTS: &str = "sync_http_requests_total";
+pub const HTTP_DURATION: &str = "sync_http_request_duration_seconds";
+pub const JOBS_SUBMITTED: &str = "sync_jobs_submitted_total";
+pub const ITEMS_SUBMITTED: &str = "sync_items_submitted_total";
+pub const JOBS_COMPLETED: &str = "sync_jobs_completed_total";
+pub const ITEMS_APPLIED: &str = "sync_items_applied_total";
+pub const BATCH_APPLY: &str = "sync_batch_apply_seconds";
+pub const QUEUE_WAIT: &str = "sync_job_queue_wait_seconds";
+pub const QUEUE_MESSAGES: &str = "sync_queue_messages";
+pub const DEAD_LETTERED: &str = "sync_jobs_dead_lettered_total";
+pub const REDELIVERIES: &str = "sync_job_redeliveries_total";
+
+/// HTTP handling: sub-millisecond to tens of seconds (waiting requests).
+const HTTP_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// One batch's transaction: milliseconds to seconds.
+const APPLY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Time in the queue: milliseconds when idle, hours during a backlog.
+const WAIT_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
+    14400.0,
+];
+
+/// A Prometheus builder with our buckets.
+pub fn prometheus_builder() -> PrometheusBuilder {
+    let builder = PrometheusBuilder::new();
+    let with = |b: PrometheusBuilder, name: &str, buckets: &[f64]| {
+        b.set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)
+            .unwrap_or_else(|e| panic!("static buckets are valid: {e}"))
+    };
+    let builder = with(builder, HTTP_DURATION, HTTP_BUCKETS);
+    let builder = with(builder, BATCH_APPLY, APPLY_BUCKETS);
+    with(builder, QUEUE_WAIT, WAIT_BUCKETS)
+}
+
+/// Registers every metric's description.
+pub fn describe() {
+    describe_counter!(HTTP_REQUESTS, "HTTP requests answered, by route and status");
+    describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request handling time");
+    describe_counter!(JOBS_SUBMITTED, "Jobs accepted (202) by the api");
+    describe_counter!(ITEMS_SUBMITTED, "Items in accepted jobs");
+    describe_counter!(JOBS_COMPLETED, "Jobs finished by workers, by status");
+    describe_counter!(ITEMS_APPLIED, "Items written by workers, by op");
+    describe_histogram!(
+        BATCH_APPLY,
+        Unit::Seconds,
+        "Time to apply one batch's transaction"
+    );
+    describe_histogram!(
+        QUEUE_WAIT,
+        Unit::Seconds,
+        "Time from submission to a worker starting the job"
+    );
+    describe_gauge!(QUEUE_MESSAGES, "Messages ready in a queue, as last sampled");
+    describe_counter!(DEAD_LETTERED, "Messages sent to the dead-letter queue");
+    describe_counter!(
+        REDELIVERIES,
+        "Request messages delivered again after a failure"
+    );
+}

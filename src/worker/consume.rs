@@ -1,0 +1,384 @@
+//! The consume loop: one task per shard, strictly in delivery order.
+
+use super::apply::{apply_batch, describe, fail_job};
+use super::retry::{retry_in_place, GaveUp};
+use crate::queue::{BatchMessage, Publisher, Topology};
+use crate::store::{Job, JobError};
+use crate::telemetry::metrics as m;
+use futures_util::StreamExt;
+use lapin::{
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+    },
+    types::{AMQPValue, FieldTable},
+    Connection, ConnectionProperties, Consumer,
+};
+use sqlx::PgPool;
+use std::{sync::Arc, time::Duration};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+/// Permanent (non-transient) database errors tolerated for one message
+/// before its job is failed.
+const PERMANENT_TRIES: u32 = 3;
+
+/// What to tell the broker about a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disposition {
+    /// Done (applied, failed for good, or nothing to do).
+    Ack,
+    /// Unusable: to the dead-letter queue.
+    DeadLetter,
+    /// Not finished because the process is going away: deliver again.
+    Requeue,
+}
+
+/// A worker: consumes every shard's request queue (single active consumer
+/// per shard, so several workers share the shards and fail over).
+#[derive(Clone)]
+pub struct Worker {
+    pool: PgPool,
+    publisher: Arc<Publisher>,
+    amqp_url: String,
+    prefetch: u16,
+}
+
+impl Worker {
+    /// A worker applying to `pool` and publishing results with `publisher`.
+    pub fn new(pool: PgPool, publisher: Arc<Publisher>, amqp_url: &str, prefetch: u16) -> Self {
+        Worker {
+            pool,
+            publisher,
+            amqp_url: amqp_url.to_owned(),
+            prefetch,
+        }
+    }
+
+    fn topology(&self) -> &Topology {
+        self.publisher.topology()
+    }
+
+    /// Consumes until `stop` fires, reconnecting after broker failures.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut pause = Duration::from_millis(200);
+        while !stop.is_cancelled() {
+            match self.consume_all(&stop).await {
+                Ok(()) => pause = Duration::from_millis(200),
+                Err(error) => {
+                    tracing::warn!(%error, ?pause, "worker lost the broker; reconnecting");
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+        tracing::info!("worker stopped");
+    }
+
+    /// One connection's life: a channel and a consumer per shard.
+    async fn consume_all(&self, stop: &CancellationToken) -> Result<(), lapin::Error> {
+        let properties =
+            ConnectionProperties::default().with_connection_name("sync-ingest worker".into());
+        let connection = Connection::connect(&self.amqp_url, properties).await?;
+        let setup = connection.create_channel().await?;
+        self.topology().declare(&setup).await?;
+        let _ = setup.close(200, "declared".into()).await;
+
+        // Any shard ending (its channel or the connection failed) ends them
+        // all, so the whole connection is rebuilt; unacked messages go back to
+        // their queues in order.
+        let lost = stop.child_token();
+        let mut shards = JoinSet::new();
+        for shard in 0..self.topology().shards {
+            let channel = connection.create_channel().await?;
+            channel
+                .basic_qos(self.prefetch, BasicQosOptions::default())
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    self.topology().request_queue(shard).into(),
+                    format!("worker-{}-{shard}", std::process::id()).into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let worker = self.clone();
+            let lost = lost.clone();
+            shards.spawn(async move {
+                let result = worker.consume_shard(shard, consumer, &lost).await;
+                lost.cancel();
+                (channel, result)
+            });
+        }
+        tracing::info!(shards = self.topology().shards, "worker consuming");
+        let mut outcome = Ok(());
+        while let Some(joined) = shards.join_next().await {
+            if let Ok((channel, result)) = joined {
+                let _ = channel.close(200, "stopping".into()).await;
+                if let Err(e) = result {
+                    outcome = Err(e);
+                }
+            }
+        }
+        let _ = connection.close(200, "worker stopping".into()).await;
+        outcome
+    }
+
+    async fn consume_shard(
+        &self,
+        shard: u16,
+        mut consumer: Consumer,
+        stop: &CancellationToken,
+    ) -> Result<(), lapin::Error> {
+        loop {
+            // Only between messages: the batch in hand is always finished.
+            let next = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                next = consumer.next() => next,
+            };
+            let delivery = match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(e)) => return Err(e),
+                None => {
+                    return Err(lapin::Error::from(
+                        lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
+                    ))
+                }
+            };
+            let disposition = self.handle(shard, &delivery, stop).await;
+            settle(&delivery, disposition).await?;
+        }
+    }
+
+    /// Handles one delivery behind a panic boundary.
+    async fn handle(
+        &self,
+        shard: u16,
+        delivery: &Delivery,
+        stop: &CancellationToken,
+    ) -> Disposition {
+        let worker = self.clone();
+        let data = delivery.data.clone();
+        let properties_id = correlation_id(delivery);
+        let redelivered = delivery.redelivered;
+        let stop_inner = stop.clone();
+        let span = tracing::info_span!(
+            "job",
+            shard,
+            correlation_id = tracing::field::Empty,
+            entity = tracing::field::Empty
+        );
+        let task = tokio::spawn(
+            async move {
+                worker
+                    .process(&data, properties_id, redelivered, &stop_inner)
+                    .await
+            }
+            .instrument(span),
+        );
+        match task.await {
+            Ok(disposition) => disposition,
+            Err(panic) => {
+                let count = delivery_count(delivery);
+                let limit = u64::from(self.topology().delivery_limit);
+                tracing::error!(?panic, delivery_count = count, "applying a batch panicked");
+                if count >= limit {
+                    if let Some(id) = properties_id {
+                        self.finish_failed(id, JobError::retries_exhausted(count as u32 + 1), stop)
+                            .await;
+                    }
+                    Disposition::DeadLetter
+                } else {
+                    Disposition::Requeue
+                }
+            }
+        }
+    }
+
+    async fn process(
+        &self,
+        data: &[u8],
+        properties_id: Option<Uuid>,
+        redelivered: bool,
+        stop: &CancellationToken,
+    ) -> Disposition {
+        let message = match BatchMessage::from_json(data) {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::error!(%error, correlation_id = ?properties_id, "unreadable message");
+                if let Some(id) = properties_id {
+                    let job_error = JobError::invalid_message(&error.to_string());
+                    if !self.finish_failed(id, job_error, stop).await {
+                        return Disposition::Requeue;
+                    }
+                }
+                metrics::counter!(m::DEAD_LETTERED, "entity" => "unknown").increment(1);
+                return Disposition::DeadLetter;
+            }
+        };
+        let span = tracing::Span::current();
+        span.record(
+            "correlation_id",
+            tracing::field::display(message.correlation_id),
+        );
+        span.record("entity", message.batch.entity().as_str());
+        let entity = message.batch.entity().as_str();
+        if redelivered {
+            metrics::counter!(m::REDELIVERIES, "entity" => entity).increment(1);
+        }
+        let started = std::time::Instant::now();
+        let applied = retry_in_place(
+            stop,
+            "applying the batch",
+            PERMANENT_TRIES,
+            crate::store::StoreError::is_transient,
+            || apply_batch(&self.pool, &message),
+        )
+        .await;
+        let job = match applied {
+            Ok(Some(applied)) => {
+                if applied.just_finished {
+                    record_completion(&applied.job, started.elapsed());
+                }
+                applied.job
+            }
+            Ok(None) => {
+                tracing::warn!("no job for this message (publish was not confirmed); dropping it");
+                return Disposition::Ack;
+            }
+            Err(GaveUp::Stopping) => return Disposition::Requeue,
+            Err(GaveUp::Permanent(error)) => {
+                tracing::error!(%error, "batch cannot be applied");
+                let attempts = PERMANENT_TRIES;
+                if !self
+                    .finish_failed(
+                        message.correlation_id,
+                        JobError::retries_exhausted(attempts),
+                        stop,
+                    )
+                    .await
+                {
+                    return Disposition::Requeue;
+                }
+                return Disposition::Ack;
+            }
+        };
+        tracing::info!(batch = %describe(&message.batch), status = job.status.as_str(), inserted = ?job.inserted, updated = ?job.updated, "job finished");
+        if self.publish_result(&job, stop).await {
+            Disposition::Ack
+        } else {
+            Disposition::Requeue
+        }
+    }
+
+    /// Fails a job for good and publishes its result; false if interrupted
+    /// by shutdown.
+    async fn finish_failed(&self, id: Uuid, error: JobError, stop: &CancellationToken) -> bool {
+        let failed = retry_in_place(
+            stop,
+            "failing the job",
+            PERMANENT_TRIES,
+            crate::store::StoreError::is_transient,
+            || fail_job(&self.pool, id, &error),
+        )
+        .await;
+        match failed {
+            Ok(Some(job)) => self.publish_result(&job, stop).await,
+            Ok(None) => true,
+            Err(GaveUp::Stopping) => false,
+            Err(GaveUp::Permanent(e)) => {
+                tracing::error!(error = %e, "could not record the job's failure");
+                true
+            }
+        }
+    }
+
+    /// Publishes the job resource to the results exchange, retrying until
+    /// confirmed; false if interrupted by shutdown.
+    async fn publish_result(&self, job: &Job, stop: &CancellationToken) -> bool {
+        let body = serde_json::to_vec(job).unwrap_or_default();
+        let routing_key = format!(
+            "{}.{}.{}",
+            job.company_guid,
+            job.entity.0,
+            job.status.as_str()
+        );
+        retry_in_place(
+            stop,
+            "publishing the result",
+            u32::MAX,
+            |_| true,
+            || {
+                self.publisher
+                    .publish_result(&routing_key, job.correlation_id, &body)
+            },
+        )
+        .await
+        .is_ok()
+    }
+}
+
+fn record_completion(job: &Job, apply: Duration) {
+    let entity = job.entity.0.as_str();
+    metrics::counter!(m::JOBS_COMPLETED, "entity" => entity, "status" => job.status.as_str())
+        .increment(1);
+    metrics::histogram!(m::BATCH_APPLY, "entity" => entity).record(apply.as_secs_f64());
+    if let Some(started) = job.started_at {
+        let wait = (started - job.submitted_at).to_std().unwrap_or_default();
+        metrics::histogram!(m::QUEUE_WAIT, "entity" => entity).record(wait.as_secs_f64());
+    }
+    let as_u64 = |n: Option<i32>| n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+    metrics::counter!(m::ITEMS_APPLIED, "entity" => entity, "op" => "inserted")
+        .increment(as_u64(job.inserted));
+    metrics::counter!(m::ITEMS_APPLIED, "entity" => entity, "op" => "updated")
+        .increment(as_u64(job.updated));
+}
+
+async fn settle(delivery: &Delivery, disposition: Disposition) -> Result<(), lapin::Error> {
+    // `Ok(false)` means the ack was not sent (channel gone): the message
+    // comes again and is recognised as finished then.
+    match disposition {
+        Disposition::Ack => delivery.ack(BasicAckOptions::default()).await.map(drop),
+        Disposition::DeadLetter => delivery
+            .reject(BasicRejectOptions { requeue: false })
+            .await
+            .map(drop),
+        Disposition::Requeue => delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .map(drop),
+    }
+}
+
+fn correlation_id(delivery: &Delivery) -> Option<Uuid> {
+    delivery
+        .properties
+        .correlation_id()
+        .as_ref()
+        .and_then(|id| Uuid::parse_str(id.as_str()).ok())
+}
+
+/// How often the broker has delivered this message before (`x-delivery-count`).
+fn delivery_count(delivery: &Delivery) -> u64 {
+    let value = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned());
+    match value {
+        Some(AMQPValue::LongLongInt(n)) => u64::try_from(n).unwrap_or(0),
+        Some(AMQPValue::LongInt(n)) => u64::try_from(n).unwrap_or(0),
+        Some(AMQPValue::LongUInt(n)) => u64::from(n),
+        Some(AMQPValue::ShortInt(n)) => u64::try_from(n).unwrap_or(0),
+        Some(AMQPValue::ShortUInt(n)) => u64::from(n),
+        _ => 0,
+    }
+}

@@ -1,0 +1,9 @@
+//! The worker: consumes request queues shard by shard, applies each batch,
+//! publishes its result, then acks.
+
+mod apply;
+mod consume;
+mod retry;
+
+pub use apply::apply_batch;
+pub use consume::Worker;
