@@ -163,6 +163,11 @@ impl Service {
         })
     }
 
+    /// Asks every part to stop, without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.stop.cancel();
+    }
+
     /// Stops accepting and consuming, lets in-flight work finish, and waits
     /// (at most the shutdown timeout) for everything to end.
     pub async fn shutdown(mut self) {

@@ -1,0 +1,246 @@
+//! `TestApp`: a real service (api + worker) on its own database and its own
+//! queue prefix, against the machine's PostgreSQL and RabbitMQ.
+
+use lapin::{
+    options::{ExchangeDeleteOptions, QueueDeleteOptions},
+    Connection, ConnectionProperties,
+};
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::time::Duration;
+use sync_ingest::{
+    app::{topology, Mode, Service},
+    auth::api_key,
+    config::Settings,
+};
+use uuid::Uuid;
+
+pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A running service for one test, cleaned up (database dropped, queues
+/// deleted) when dropped.
+pub struct TestApp {
+    pub base: String,
+    pub ops: String,
+    pub pool: PgPool,
+    pub client: reqwest::Client,
+    pub settings: Settings,
+    pub database: String,
+    service: Option<Service>,
+}
+
+/// A fresh company GUID.
+pub fn company() -> Uuid {
+    Uuid::new_v4()
+}
+
+impl TestApp {
+    /// api + worker with test settings.
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(Mode::All, |_| {}).await
+    }
+
+    /// A service in `mode` with settings adjusted by `adjust`.
+    pub async fn spawn_with(mode: Mode, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        let id = Uuid::new_v4().simple().to_string();
+        let database = format!("sync_test_{}", &id[..16]);
+        let mut settings = Settings::defaults();
+        settings.database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+        settings.amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2f".into();
+        settings.queue_prefix = format!("test_{}", &id[..16]);
+        settings.http_addr = "127.0.0.1:0".parse().unwrap();
+        settings.ops_addr = Some("127.0.0.1:0".parse().unwrap());
+        settings.shards = 2;
+        settings.confirm_timeout_ms = 3000;
+        settings.shutdown_timeout_secs = 5;
+        adjust(&mut settings);
+        let service = Service::start(settings.clone(), mode)
+            .await
+            .expect("service starts");
+        let base = service
+            .http_addr
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default();
+        let ops = format!("http://{}", service.ops_addr);
+        TestApp {
+            base,
+            ops,
+            pool: service.pool.clone(),
+            client: reqwest::Client::new(),
+            settings,
+            database,
+            service: Some(service),
+        }
+    }
+
+    /// Issues an API key for `company` with `scopes`.
+    pub async fn key(&self, company: Uuid, scopes: &[&str]) -> String {
+        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        api_key::issue(&self.pool, company, &scopes, Some("test"))
+            .await
+            .expect("key issued")
+            .token
+    }
+
+    /// A `sync:write` key for `company`.
+    pub async fn writer(&self, company: Uuid) -> String {
+        self.key(company, &["sync:write"]).await
+    }
+
+    /// POSTs a JSON body to `/api/v1/sync/{entity}`.
+    pub async fn post(&self, entity: &str, token: &str, body: &Value) -> Response {
+        self.client
+            .post(format!("{}/api/v1/sync/{entity}", self.base))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// POSTs raw bytes with a content type.
+    pub async fn post_raw(&self, entity: &str, token: &str, content_type: &str, body: Vec<u8>) -> Response {
+        self.client
+            .post(format!("{}/api/v1/sync/{entity}", self.base))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// GETs a job.
+    pub async fn get_job(&self, id: &str, token: &str) -> Response {
+        self.client
+            .get(format!("{}/api/v1/sync/jobs/{id}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// POSTs a batch, asserts 202, and returns the body.
+    pub async fn accepted(&self, entity: &str, token: &str, body: &Value) -> Value {
+        let response = self.post(entity, token, body).await;
+        let status = response.status();
+        let body: Value = response.json().await.expect("json body");
+        assert_eq!(status, StatusCode::ACCEPTED, "body: {body}");
+        body
+    }
+
+    /// Polls a job until it is finished (20 s at most) and returns it.
+    pub async fn finished_job(&self, id: &str, token: &str) -> Value {
+        for _ in 0..400 {
+            let job: Value = self.get_job(id, token).await.json().await.expect("job");
+            if job["status"] == "succeeded" || job["status"] == "failed" {
+                return job;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("job {id} did not finish in time");
+    }
+
+    /// Submits a batch and waits for its job to finish.
+    pub async fn sync(&self, entity: &str, token: &str, body: &Value) -> Value {
+        let accepted = self.accepted(entity, token, body).await;
+        let id = accepted["correlation_id"].as_str().expect("correlation id");
+        self.finished_job(id, token).await
+    }
+
+    /// GETs a path on the operations listener.
+    pub async fn ops_get(&self, path: &str) -> Response {
+        self.client
+            .get(format!("{}{path}", self.ops))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Rows of `table` with this guid, as JSON objects.
+    pub async fn row(&self, table: &str, guid: Uuid) -> Option<Value> {
+        sqlx::query_scalar(&format!(
+            "SELECT to_jsonb(t) FROM {table} t WHERE guid = $1"
+        ))
+        .bind(guid)
+        .fetch_optional(&self.pool)
+        .await
+        .expect("row query")
+    }
+
+    /// Number of rows in `table`.
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&self.pool)
+            .await
+            .expect("count query")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(service) = &self.service {
+            service.begin_shutdown();
+        }
+        let settings = self.settings.clone();
+        let database = self.database.clone();
+        // The test's runtime is blocked here, so its tasks cannot redeclare
+        // anything while a separate runtime removes the test's resources.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            runtime.block_on(remove_resources(settings, database));
+        });
+        let _ = cleanup.join();
+    }
+}
+
+async fn remove_resources(settings: Settings, database: String) {
+    let topology = topology(&settings);
+    if let Ok(connection) =
+        Connection::connect(&settings.amqp_url, ConnectionProperties::default()).await
+    {
+        if let Ok(channel) = connection.create_channel().await {
+            let mut queues = topology.request_queues();
+            queues.push(topology.dead());
+            queues.push(topology.results());
+            for queue in queues {
+                let _ = channel
+                    .queue_delete(queue.into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            for exchange in [topology.requests_exchange(), topology.dead(), topology.results()] {
+                let _ = channel
+                    .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
+        }
+        let _ = connection.close(200, "test done".into()).await;
+    }
+    if let Ok(admin) = PgPool::connect(PG_ADMIN).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"))
+            .execute(&admin)
+            .await;
+        admin.close().await;
+    }
+}
+
+/// A minimal valid item of `entity` for `company`.
+pub fn item(entity: &str, company: Uuid) -> Value {
+    let reference = Uuid::new_v4().to_string();
+    match entity {
+        "projects" => json!({"company_guid": company, "number": "P-1", "name": "Bridge"}),
+        "components" => json!({"company_guid": company, "project_guid": reference, "name": "Deck"}),
+        "assemblies" => json!({"company_guid": company, "project_guid": reference, "mark": "A1"}),
+        "pieces" => json!({"company_guid": company, "assembly_guid": reference, "mark": "p1"}),
+        "articles" => json!({"company_guid": company, "number": "HEA200", "name": "HEA 200"}),
+        other => panic!("no such entity {other}"),
+    }
+}
+
+/// The five entities as URL segments.
+#[allow(dead_code)]
+pub const ENTITIES: [&str; 5] = ["projects", "components", "assemblies", "pieces", "articles"];

@@ -1,0 +1,10 @@
+//! Integration tests against the real PostgreSQL and RabbitMQ; one binary,
+//! each test with its own database and queue prefix.
+
+mod helpers;
+
+mod auth;
+mod entities;
+mod smoke;
+mod submit;
+mod tenancy;
