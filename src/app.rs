@@ -88,13 +88,18 @@ impl Service {
         if !publisher.is_ready().await {
             tracing::warn!("broker unreachable at start-up; will keep trying");
         }
-        let jwt = settings.jwt_secret.as_deref().map(|secret| {
-            JwtVerifier::new(
-                secret,
-                settings.jwt_issuer.as_deref(),
-                settings.jwt_audience.as_deref(),
-            )
-        });
+        // An empty secret would let anyone sign tokens: treat it as unset.
+        let jwt = settings
+            .jwt_secret
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|secret| {
+                JwtVerifier::new(
+                    secret,
+                    settings.jwt_issuer.as_deref(),
+                    settings.jwt_audience.as_deref(),
+                )
+            });
         let state = AppState {
             settings: settings.clone(),
             pool: pool.clone(),

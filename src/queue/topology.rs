@@ -34,6 +34,12 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
+    /// Internal copy of every dead letter, consumed by workers to mark the
+    /// message's job failed; `{prefix}.dead` keeps the message for operators.
+    pub fn dead_jobs(&self) -> String {
+        format!("{}.dead.jobs", self.prefix)
+    }
+
     /// Topic exchange and catch-all queue for results.
     pub fn results(&self) -> String {
         format!("{}.results", self.prefix)
@@ -49,6 +55,18 @@ impl Topology {
             hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
         }
         (hash % u64::from(self.shards)) as u16
+    }
+
+    /// Every queue the service declares.
+    pub fn all_queues(&self) -> Vec<String> {
+        let mut queues = self.request_queues();
+        queues.extend([self.dead(), self.dead_jobs(), self.results()]);
+        queues
+    }
+
+    /// Every exchange the service declares.
+    pub fn all_exchanges(&self) -> Vec<String> {
+        vec![self.requests_exchange(), self.dead(), self.results()]
     }
 
     /// Every request queue name.
@@ -95,20 +113,22 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        let mut dead_args = FieldTable::default();
-        dead_args.insert("x-queue-type".into(), long_string("quorum"));
-        channel
-            .queue_declare(self.dead().into(), queue_options, dead_args)
-            .await?;
-        channel
-            .queue_bind(
-                self.dead().into(),
-                self.dead().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        for queue in [self.dead(), self.dead_jobs()] {
+            let mut dead_args = FieldTable::default();
+            dead_args.insert("x-queue-type".into(), long_string("quorum"));
+            channel
+                .queue_declare(queue.as_str().into(), queue_options, dead_args)
+                .await?;
+            channel
+                .queue_bind(
+                    queue.into(),
+                    self.dead().into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
 
         channel
             .exchange_declare(

@@ -1,6 +1,7 @@
 //! The consume loop: one task per shard, strictly in delivery order.
 
 use super::apply::{apply_batch, describe, fail_job};
+use super::dead_letters::DeadLetterRecorder;
 use super::retry::{retry_in_place, GaveUp};
 use crate::queue::{BatchMessage, Publisher, Topology};
 use crate::store::{Job, JobError};
@@ -11,7 +12,7 @@ use lapin::{
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
     },
-    types::{AMQPValue, FieldTable},
+    types::FieldTable,
     Connection, ConnectionProperties, Consumer,
 };
 use sqlx::PgPool;
@@ -27,7 +28,7 @@ const PERMANENT_TRIES: u32 = 3;
 
 /// What to tell the broker about a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Disposition {
+pub(super) enum Disposition {
     /// Done (applied, failed for good, or nothing to do).
     Ack,
     /// Unusable: to the dead-letter queue.
@@ -55,6 +56,11 @@ impl Worker {
             amqp_url: amqp_url.to_owned(),
             prefetch,
         }
+    }
+
+    /// The request queues' delivery limit.
+    pub(super) fn delivery_limit(&self) -> u32 {
+        self.topology().delivery_limit
     }
 
     fn topology(&self) -> &Topology {
@@ -115,6 +121,25 @@ impl Worker {
                 (channel, result)
             });
         }
+        let channel = connection.create_channel().await?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                self.topology().dead_jobs().into(),
+                format!("dead-letters-{}", std::process::id()).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let recorder = DeadLetterRecorder::new(self.clone());
+        let lost_recorder = lost.clone();
+        shards.spawn(async move {
+            let result = recorder.run(consumer, &lost_recorder).await;
+            lost_recorder.cancel();
+            (channel, result)
+        });
         tracing::info!(shards = self.topology().shards, "worker consuming");
         let mut outcome = Ok(());
         while let Some(joined) = shards.join_next().await {
@@ -184,18 +209,11 @@ impl Worker {
         match task.await {
             Ok(disposition) => disposition,
             Err(panic) => {
-                let count = delivery_count(delivery);
-                let limit = u64::from(self.topology().delivery_limit);
-                tracing::error!(?panic, delivery_count = count, "applying a batch panicked");
-                if count >= limit {
-                    if let Some(id) = properties_id {
-                        self.finish_failed(id, JobError::retries_exhausted(count as u32 + 1), stop)
-                            .await;
-                    }
-                    Disposition::DeadLetter
-                } else {
-                    Disposition::Requeue
-                }
+                // Deliver it again; a message that keeps crashing the worker
+                // reaches the broker's delivery limit and is dead-lettered,
+                // and the dead-letter recorder fails its job.
+                tracing::error!(?panic, redelivered, "applying a batch panicked");
+                Disposition::Requeue
             }
         }
     }
@@ -217,7 +235,6 @@ impl Worker {
                         return Disposition::Requeue;
                     }
                 }
-                metrics::counter!(m::DEAD_LETTERED, "entity" => "unknown").increment(1);
                 return Disposition::DeadLetter;
             }
         };
@@ -278,7 +295,12 @@ impl Worker {
 
     /// Fails a job for good and publishes its result; false if interrupted
     /// by shutdown.
-    async fn finish_failed(&self, id: Uuid, error: JobError, stop: &CancellationToken) -> bool {
+    pub(super) async fn finish_failed(
+        &self,
+        id: Uuid,
+        error: JobError,
+        stop: &CancellationToken,
+    ) -> bool {
         let failed = retry_in_place(
             stop,
             "failing the job",
@@ -339,7 +361,10 @@ fn record_completion(job: &Job, apply: Duration) {
         .increment(as_u64(job.updated));
 }
 
-async fn settle(delivery: &Delivery, disposition: Disposition) -> Result<(), lapin::Error> {
+pub(super) async fn settle(
+    delivery: &Delivery,
+    disposition: Disposition,
+) -> Result<(), lapin::Error> {
     // `Ok(false)` means the ack was not sent (channel gone): the message
     // comes again and is recognised as finished then.
     match disposition {
@@ -358,27 +383,10 @@ async fn settle(delivery: &Delivery, disposition: Disposition) -> Result<(), lap
     }
 }
 
-fn correlation_id(delivery: &Delivery) -> Option<Uuid> {
+pub(super) fn correlation_id(delivery: &Delivery) -> Option<Uuid> {
     delivery
         .properties
         .correlation_id()
         .as_ref()
         .and_then(|id| Uuid::parse_str(id.as_str()).ok())
-}
-
-/// How often the broker has delivered this message before (`x-delivery-count`).
-fn delivery_count(delivery: &Delivery) -> u64 {
-    let value = delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get("x-delivery-count").cloned());
-    match value {
-        Some(AMQPValue::LongLongInt(n)) => u64::try_from(n).unwrap_or(0),
-        Some(AMQPValue::LongInt(n)) => u64::try_from(n).unwrap_or(0),
-        Some(AMQPValue::LongUInt(n)) => u64::from(n),
-        Some(AMQPValue::ShortInt(n)) => u64::try_from(n).unwrap_or(0),
-        Some(AMQPValue::ShortUInt(n)) => u64::from(n),
-        _ => 0,
-    }
 }

@@ -3,6 +3,7 @@
 
 mod apply;
 mod consume;
+mod dead_letters;
 mod retry;
 
 pub use apply::apply_batch;

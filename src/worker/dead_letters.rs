@@ -1,0 +1,74 @@
+//! The dead-letter recorder: every message that reaches `{prefix}.dead` is
+//! also copied (fanout) to `{prefix}.dead.jobs`, where this consumer marks
+//! its job failed — a message that kept crashing workers until the broker's
+//! delivery limit dead-lettered it ends as `retries_exhausted`. The copy in
+//! `{prefix}.dead` stays for operators.
+
+use super::consume::{correlation_id, settle, Disposition, Worker};
+use crate::store::JobError;
+use crate::telemetry::metrics as m;
+use futures_util::StreamExt;
+use lapin::{message::Delivery, types::AMQPValue, Consumer};
+use tokio_util::sync::CancellationToken;
+
+/// Consumes `{prefix}.dead.jobs`.
+pub struct DeadLetterRecorder {
+    worker: Worker,
+}
+
+impl DeadLetterRecorder {
+    /// A recorder failing jobs through `worker`'s database and publisher.
+    pub fn new(worker: Worker) -> Self {
+        DeadLetterRecorder { worker }
+    }
+
+    /// Records dead letters until `stop` fires or the channel fails.
+    pub async fn run(
+        &self,
+        mut consumer: Consumer,
+        stop: &CancellationToken,
+    ) -> Result<(), lapin::Error> {
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                next = consumer.next() => next,
+            };
+            let delivery = match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            };
+            let disposition = self.record(&delivery, stop).await;
+            settle(&delivery, disposition).await?;
+        }
+    }
+
+    async fn record(&self, delivery: &Delivery, stop: &CancellationToken) -> Disposition {
+        let reason = header_text(delivery, "x-first-death-reason").unwrap_or_default();
+        let entity = header_text(delivery, "x-sync-entity").unwrap_or_else(|| "unknown".into());
+        let id = correlation_id(delivery);
+        tracing::warn!(correlation_id = ?id, %reason, %entity, "message dead-lettered");
+        if let Some(id) = id {
+            let error = if reason == "delivery_limit" {
+                JobError::retries_exhausted(self.worker.delivery_limit() + 1)
+            } else {
+                JobError::invalid_message(&format!("the message was dead-lettered ({reason})"))
+            };
+            // Only a job that has not finished yet is changed.
+            if !self.worker.finish_failed(id, error, stop).await {
+                return Disposition::Requeue;
+            }
+        }
+        metrics::counter!(m::DEAD_LETTERED, "entity" => entity).increment(1);
+        Disposition::Ack
+    }
+}
+
+fn header_text(delivery: &Delivery, name: &str) -> Option<String> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
