@@ -86,8 +86,11 @@ pub struct Settings {
     #[arg(long, global = true, env = "SYNC_DELIVERY_LIMIT", default_value_t = 5)]
     pub delivery_limit: u32,
 
-    /// Unacknowledged messages a worker holds per shard.
-    #[arg(long, global = true, env = "SYNC_PREFETCH", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Unacknowledged messages a worker holds per shard. Keep it 1: when a
+    /// worker dies, every message it held counts a delivery, so with more
+    /// the innocent messages behind a crashing one would share its fate at
+    /// the delivery limit.
+    #[arg(long, global = true, env = "SYNC_PREFETCH", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
 
     /// How long the api waits for the broker to confirm a publish.

@@ -23,6 +23,8 @@ pub enum ApiError {
     CompanyAccessDenied { indexes: Vec<usize> },
     #[error("{0}")]
     NotFound(String),
+    #[error("this method is not allowed on this resource")]
+    MethodNotAllowed,
     #[error("the request body is invalid")]
     Validation(Vec<FieldError>),
     #[error("{0}")]
@@ -49,6 +51,7 @@ impl ApiError {
                 StatusCode::FORBIDDEN
             }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BatchTooLarge(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -68,6 +71,7 @@ impl ApiError {
             ApiError::InsufficientScope => "insufficient_scope",
             ApiError::CompanyAccessDenied { .. } => "company_access_denied",
             ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Validation(_) => "validation_failed",
             ApiError::BatchTooLarge(_) => "batch_too_large",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
@@ -85,6 +89,7 @@ impl ApiError {
             ApiError::InsufficientScope => "Insufficient scope",
             ApiError::CompanyAccessDenied { .. } => "Company access denied",
             ApiError::NotFound(_) => "Not found",
+            ApiError::MethodNotAllowed => "Method not allowed",
             ApiError::Validation(_) => "Validation failed",
             ApiError::BatchTooLarge(_) => "Batch too large",
             ApiError::PayloadTooLarge { .. } => "Payload too large",
@@ -137,6 +142,15 @@ impl IntoResponse for ApiError {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"sync-ingest\""),
+                );
+            }
+            ApiError::InsufficientScope => {
+                // RFC 6750 §3.1.
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer realm=\"sync-ingest\", error=\"insufficient_scope\"",
+                    ),
                 );
             }
             ApiError::QueueFull { retry_after } => {

@@ -162,6 +162,9 @@ fn check_value(field: &Field, value: &Value) -> Result<(), String> {
         }
         FieldKind::Text { max } => {
             let s = value.as_str().ok_or("must be a string")?;
+            if s.contains('\0') {
+                return Err(NUL_MESSAGE.into());
+            }
             if field.required && s.trim().is_empty() {
                 return Err("must not be empty or blank".into());
             }
@@ -199,13 +202,36 @@ fn check_value(field: &Field, value: &Value) -> Result<(), String> {
             if !value.is_object() {
                 return Err("must be a JSON object".into());
             }
+            if contains_nul(value) {
+                return Err(NUL_MESSAGE.into());
+            }
         }
     }
     Ok(())
 }
 
+/// PostgreSQL cannot store U+0000 in `text` or `jsonb`: refused up front
+/// rather than failing the job later.
+const NUL_MESSAGE: &str = "must not contain the NUL character (U+0000)";
+
+fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
+}
+
+/// Exactly `YYYY-MM-DD`: chrono alone would also take `24-01-05` (year 24)
+/// or signed years outside PostgreSQL's range.
 fn parse_date(s: &str) -> Option<NaiveDate> {
-    NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()
+    let shape = s.len() == 10
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    shape.then(|| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())?
 }
 
 fn check_date_order(index: usize, object: &Map<String, Value>, errors: &mut Vec<FieldError>) {

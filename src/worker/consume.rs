@@ -13,7 +13,7 @@ use lapin::{
         BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
     },
     types::FieldTable,
-    Connection, ConnectionProperties, Consumer,
+    Channel, Connection, ConnectionProperties, Consumer,
 };
 use sqlx::PgPool;
 use std::{sync::Arc, time::Duration};
@@ -86,83 +86,147 @@ impl Worker {
         tracing::info!("worker stopped");
     }
 
-    /// One connection's life: a channel and a consumer per shard.
+    /// One connection's life: a channel and a consumer per shard, plus the
+    /// dead-letter recorder.
     async fn consume_all(&self, stop: &CancellationToken) -> Result<(), lapin::Error> {
         let properties =
             ConnectionProperties::default().with_connection_name("sync-ingest worker".into());
-        let connection = Connection::connect(&self.amqp_url, properties).await?;
+        let connection = Arc::new(Connection::connect(&self.amqp_url, properties).await?);
         let setup = connection.create_channel().await?;
         self.topology().declare(&setup).await?;
         let _ = setup.close(200, "declared".into()).await;
 
-        // Any shard ending (its channel or the connection failed) ends them
-        // all, so the whole connection is rebuilt; unacked messages go back to
-        // their queues in order.
-        let lost = stop.child_token();
-        let mut shards = JoinSet::new();
+        // Ends this connection's tasks when the connection fails, without
+        // stopping the worker.
+        let session = stop.child_token();
+        let mut tasks = JoinSet::new();
         for shard in 0..self.topology().shards {
-            let channel = connection.create_channel().await?;
-            channel
-                .basic_qos(self.prefetch, BasicQosOptions::default())
-                .await?;
-            let consumer = channel
-                .basic_consume(
-                    self.topology().request_queue(shard).into(),
-                    format!("worker-{}-{shard}", std::process::id()).into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
             let worker = self.clone();
-            let lost = lost.clone();
-            shards.spawn(async move {
-                let result = worker.consume_shard(shard, consumer, &lost).await;
-                lost.cancel();
-                (channel, result)
-            });
+            let connection = connection.clone();
+            let session = session.clone();
+            tasks.spawn(async move { worker.run_shard(&connection, shard, &session).await });
         }
+        let worker = self.clone();
+        let recorder_connection = connection.clone();
+        let recorder_session = session.clone();
+        tasks.spawn(async move {
+            worker
+                .run_dead_letter_recorder(&recorder_connection, &recorder_session)
+                .await
+        });
+        tracing::info!(shards = self.topology().shards, "worker consuming");
+
+        let mut outcome = Ok(());
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok(Err(e)) = joined {
+                // The connection is gone: the broker returns every unacked
+                // message as it notices, atomically with failing over.
+                outcome = Err(e);
+                session.cancel();
+            }
+        }
+        if outcome.is_ok() {
+            // Stopping. Closing consumers gracefully would let RabbitMQ 3.x
+            // activate the next single active consumer while a message
+            // delivered to us is still checked out, and that message would
+            // then be applied after its successor. So the connection is left
+            // to close with the process: the broker sees it go and returns
+            // what we held in one step, in order.
+            std::mem::forget(connection);
+        }
+        outcome
+    }
+
+    /// Runs the dead-letter recorder, reopening its channel if it fails
+    /// while the connection is up.
+    async fn run_dead_letter_recorder(
+        &self,
+        connection: &Connection,
+        stop: &CancellationToken,
+    ) -> Result<(), lapin::Error> {
+        let recorder = DeadLetterRecorder::new(self.clone());
+        loop {
+            let (channel, consumer) = self
+                .open_consumer(connection, self.topology().dead_jobs(), "dead-letters")
+                .await?;
+            match recorder.run(consumer, stop).await {
+                Ok(()) => {
+                    let _ = channel.close(200, "stopping".into()).await;
+                    return Ok(());
+                }
+                Err(error) if connection.status().connected() && !stop.is_cancelled() => {
+                    tracing::warn!(%error, "dead-letter channel failed; reopening it");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn open_consumer(
+        &self,
+        connection: &Connection,
+        queue: String,
+        tag: &str,
+    ) -> Result<(Channel, Consumer), lapin::Error> {
         let channel = connection.create_channel().await?;
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await?;
         let consumer = channel
             .basic_consume(
-                self.topology().dead_jobs().into(),
-                format!("dead-letters-{}", std::process::id()).into(),
+                queue.into(),
+                format!("{tag}-{}", std::process::id()).into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await?;
-        let recorder = DeadLetterRecorder::new(self.clone());
-        let lost_recorder = lost.clone();
-        shards.spawn(async move {
-            let result = recorder.run(consumer, &lost_recorder).await;
-            lost_recorder.cancel();
-            (channel, result)
-        });
-        tracing::info!(shards = self.topology().shards, "worker consuming");
-        let mut outcome = Ok(());
-        while let Some(joined) = shards.join_next().await {
-            if let Ok((channel, result)) = joined {
-                let _ = channel.close(200, "stopping".into()).await;
-                if let Err(e) = result {
-                    outcome = Err(e);
+        Ok((channel, consumer))
+    }
+
+    /// Consumes one shard until stopped. A failed channel (the connection
+    /// still up) is reopened; the broker returned its messages when it closed
+    /// it. A failed connection ends the shard.
+    async fn run_shard(
+        &self,
+        connection: &Connection,
+        shard: u16,
+        stop: &CancellationToken,
+    ) -> Result<(), lapin::Error> {
+        loop {
+            let (channel, mut consumer) = self
+                .open_consumer(
+                    connection,
+                    self.topology().request_queue(shard),
+                    &format!("worker-{shard}"),
+                )
+                .await?;
+            match self.consume_shard(shard, &mut consumer, stop).await {
+                Ok(()) => {
+                    // See `consume_all`: no graceful cancel while stopping.
+                    std::mem::forget(consumer);
+                    std::mem::forget(channel);
+                    return Ok(());
                 }
+                Err(error) if connection.status().connected() && !stop.is_cancelled() => {
+                    tracing::warn!(shard, %error, "shard channel failed; reopening it");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(error) => return Err(error),
             }
         }
-        let _ = connection.close(200, "worker stopping".into()).await;
-        outcome
     }
 
     async fn consume_shard(
         &self,
         shard: u16,
-        mut consumer: Consumer,
+        consumer: &mut Consumer,
         stop: &CancellationToken,
     ) -> Result<(), lapin::Error> {
         loop {
             // Only between messages: the batch in hand is always finished.
             let next = tokio::select! {
+                biased;
                 _ = stop.cancelled() => return Ok(()),
                 next = consumer.next() => next,
             };

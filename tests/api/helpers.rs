@@ -100,7 +100,13 @@ impl TestApp {
     }
 
     /// POSTs raw bytes with a content type.
-    pub async fn post_raw(&self, entity: &str, token: &str, content_type: &str, body: Vec<u8>) -> Response {
+    pub async fn post_raw(
+        &self,
+        entity: &str,
+        token: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Response {
         self.client
             .post(format!("{}/api/v1/sync/{entity}", self.base))
             .bearer_auth(token)
@@ -204,15 +210,12 @@ async fn remove_resources(settings: Settings, database: String) {
         Connection::connect(&settings.amqp_url, ConnectionProperties::default()).await
     {
         if let Ok(channel) = connection.create_channel().await {
-            let mut queues = topology.request_queues();
-            queues.push(topology.dead());
-            queues.push(topology.results());
-            for queue in queues {
+            for queue in topology.all_queues() {
                 let _ = channel
                     .queue_delete(queue.into(), QueueDeleteOptions::default())
                     .await;
             }
-            for exchange in [topology.requests_exchange(), topology.dead(), topology.results()] {
+            for exchange in topology.all_exchanges() {
                 let _ = channel
                     .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
                     .await;
@@ -221,9 +224,11 @@ async fn remove_resources(settings: Settings, database: String) {
         let _ = connection.close(200, "test done".into()).await;
     }
     if let Ok(admin) = PgPool::connect(PG_ADMIN).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"))
-            .execute(&admin)
-            .await;
+        let _ = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+        ))
+        .execute(&admin)
+        .await;
         admin.close().await;
     }
 }
@@ -244,3 +249,65 @@ pub fn item(entity: &str, company: Uuid) -> Value {
 /// The five entities as URL segments.
 #[allow(dead_code)]
 pub const ENTITIES: [&str; 5] = ["projects", "components", "assemblies", "pieces", "articles"];
+
+/// The HS256 secret of [`TestApp::spawn_with_jwt`].
+#[allow(dead_code)]
+pub const JWT_SECRET: &str = "test-jwt-secret-of-at-least-32-bytes!";
+
+impl TestApp {
+    /// api + worker that accept HS256 JWTs signed with [`JWT_SECRET`].
+    #[allow(dead_code)]
+    pub async fn spawn_with_jwt() -> TestApp {
+        Self::spawn_with(Mode::All, |s| s.jwt_secret = Some(JWT_SECRET.into())).await
+    }
+}
+
+/// `claims` signed with `secret` using `algorithm`.
+#[allow(dead_code)]
+pub fn signed_jwt(algorithm: jsonwebtoken::Algorithm, secret: &str, claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(algorithm),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("JWT signed")
+}
+
+/// Claims of a JWT for `company` with `roles`, valid for an hour.
+#[allow(dead_code)]
+pub fn jwt_claims(company: Uuid, roles: &[&str]) -> Value {
+    json!({
+        "sub": format!("user-{}", Uuid::new_v4()),
+        "company_guid": company,
+        "roles": roles,
+        "exp": jsonwebtoken::get_current_timestamp() + 3600,
+    })
+}
+
+/// An HS256 JWT signed with [`JWT_SECRET`] for `company` with `roles`.
+#[allow(dead_code)]
+pub fn jwt(company: Uuid, roles: &[&str]) -> String {
+    signed_jwt(
+        jsonwebtoken::Algorithm::HS256,
+        JWT_SECRET,
+        &jwt_claims(company, roles),
+    )
+}
+
+/// Asserts `response` is problem+json with `status` and `code`; returns the body.
+#[allow(dead_code)]
+pub async fn problem(response: Response, status: StatusCode, code: &str) -> Value {
+    let actual = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body: Value = response.json().await.expect("json body");
+    assert_eq!(actual, status, "body: {body}");
+    assert_eq!(content_type, "application/problem+json", "body: {body}");
+    assert_eq!(body["code"], code, "body: {body}");
+    assert_eq!(body["status"], status.as_u16(), "body: {body}");
+    body
+}
