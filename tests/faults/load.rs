@@ -59,15 +59,20 @@ pub struct Submission {
     pub correlation_id: Option<String>,
 }
 
-/// Pushes `batches` batches for one tenant, sequentially, pausing `pause`
-/// between them.
-pub async fn push(base: String, tenant: Tenant, batches: i32, pause: Duration) -> Vec<Submission> {
+/// Pushes one batch per sequence number for one tenant, sequentially,
+/// pausing `pause` between them.
+pub async fn push(
+    base: String,
+    tenant: Tenant,
+    seqs: std::ops::RangeInclusive<i32>,
+    pause: Duration,
+) -> Vec<Submission> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .build()
         .expect("client");
     let mut submissions = Vec::new();
-    for seq in 1..=batches {
+    for seq in seqs {
         let sent = client
             .post(format!("{base}/api/v1/sync/pieces"))
             .bearer_auth(&tenant.token)
