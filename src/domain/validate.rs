@@ -277,3 +277,71 @@ fn check_duplicate_guid(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn dates_must_be_exactly_yyyy_mm_dd() {
+        assert!(parse_date("2024-01-05").is_some());
+        for bad in [
+            "24-01-05",
+            "2024-1-5",
+            "+2024-01-05",
+            " 2024-01-05",
+            "2024-02-30",
+            "-480-01-01",
+        ] {
+            assert!(parse_date(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nul_is_found_anywhere_in_attributes() {
+        assert!(contains_nul(&json!({"a": [1, {"b": "x\u{0}"}]})));
+        assert!(contains_nul(&json!({"k\u{0}": 1})));
+        assert!(!contains_nul(&json!({"a": [1, {"b": "x"}]})));
+    }
+
+    #[test]
+    fn every_error_of_every_item_is_reported() {
+        let body = json!([
+            {"company_guid": "nope", "mark": "", "extra": 1},
+            {"company_guid": Uuid::nil(), "assembly_guid": Uuid::nil(), "mark": "m", "quantity": 0}
+        ]);
+        let Err(BatchError::Invalid(errors)) =
+            parse_batch(Entity::Pieces, body.to_string().as_bytes(), 10)
+        else {
+            panic!("expected validation errors");
+        };
+        let pairs: Vec<(Option<usize>, Option<&str>)> = errors
+            .iter()
+            .map(|e| (e.index, e.field.as_deref()))
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![
+                (Some(0), Some("extra")),
+                (Some(0), Some("company_guid")),
+                (Some(0), Some("assembly_guid")),
+                (Some(0), Some("mark")),
+                (Some(1), Some("quantity")),
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_guids_are_assigned_and_given_ones_kept() {
+        let given = Uuid::now_v7();
+        let body = json!([
+            {"guid": given, "company_guid": Uuid::nil(), "number": "1", "name": "a"},
+            {"company_guid": Uuid::nil(), "number": "2", "name": "b"}
+        ]);
+        let batch = parse_batch(Entity::Articles, body.to_string().as_bytes(), 10).unwrap();
+        let guids = batch.guids();
+        assert_eq!(guids[0], given);
+        assert_eq!(guids[1].get_version_num(), 7);
+    }
+}

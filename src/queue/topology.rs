@@ -194,3 +194,40 @@ impl Topology {
 fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(s.into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topology(shards: u16) -> Topology {
+        Topology {
+            prefix: "sync".into(),
+            shards,
+            delivery_limit: 5,
+            max_queue_length: 10,
+            results_ttl_ms: 1,
+            results_max_length: 1,
+        }
+    }
+
+    #[test]
+    fn shard_of_a_company_is_fixed_forever() {
+        // These values are part of the deployed contract: every api instance
+        // and version must route a company to the same shard.
+        let company = Uuid::parse_str("3f0c2a4e-8b1d-4c9e-9a57-2b6f1d0e7c11").unwrap();
+        // (Cross-checked with an independent FNV-1a implementation.)
+        assert_eq!(topology(8).shard_for(company), 1);
+        assert_eq!(topology(1).shard_for(company), 0);
+        assert_eq!(topology(8).shard_for(Uuid::nil()), 5);
+    }
+
+    #[test]
+    fn companies_spread_over_every_shard() {
+        let topology = topology(8);
+        let mut seen = [0usize; 8];
+        for i in 0..800u128 {
+            seen[usize::from(topology.shard_for(Uuid::from_u128(i * 7919)))] += 1;
+        }
+        assert!(seen.iter().all(|n| *n > 50), "{seen:?}");
+    }
+}

@@ -200,10 +200,34 @@ async fn database_restart_loses_nothing_and_workers_resume() {
     let tenants = tenants(&cluster, 2).await;
     let loads = start_load(&cluster, &tenants, 80);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    sh("pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main restart");
+    sh("pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main stop -m fast");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ready_during_outage = reqwest::get(format!("{}/readyz", cluster.base()))
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    sh("pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start");
     wait_port(5432, Duration::from_secs(60)).await;
-    let (verdict, _) = judge("database_restart", &cluster, &tenants, loads).await;
-    assert!(verdict.accepted > 0);
+    let after = start_load_seqs(&cluster, &tenants, 1001..=1010);
+    let (verdict, submissions) =
+        judge("database_restart", &cluster, &tenants, chain(loads, after)).await;
+    assert_eq!(
+        ready_during_outage, 503,
+        "/readyz must tell the truth during the outage"
+    );
+    assert!(
+        verdict.refused > 0,
+        "the outage must have refused some batches"
+    );
+    let accepted_after = submissions
+        .iter()
+        .flatten()
+        .filter(|s| s.seq > 1000 && s.status == 202)
+        .count();
+    assert_eq!(
+        accepted_after, 20,
+        "every batch after the database came back is accepted"
+    );
     cluster.teardown().await;
 }
 
