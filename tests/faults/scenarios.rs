@@ -61,6 +61,19 @@ fn start_load_seqs(
         .collect()
 }
 
+/// During an outage every refusal is a 503 and no request hangs (a hung
+/// request shows as status 0: the client gave up after 15 s).
+fn assert_outage_answers(scenario: &str, submissions: &[Vec<Submission>]) {
+    for s in submissions.iter().flatten() {
+        assert!(
+            s.status == 202 || s.status == 503,
+            "{scenario}: batch {} answered {}",
+            s.seq,
+            s.status
+        );
+    }
+}
+
 /// Joins two loads tenant by tenant (the second continues the first).
 fn chain(first: Load, second: Load) -> Load {
     first
@@ -170,6 +183,7 @@ async fn broker_restart_loses_nothing_and_processes_recover_by_themselves() {
     let after = start_load_seqs(&cluster, &tenants, 1001..=1010);
     let (verdict, submissions) =
         judge("broker_restart", &cluster, &tenants, chain(loads, after)).await;
+    assert_outage_answers("broker_restart", &submissions);
     assert_eq!(
         ready_during_outage, 503,
         "/readyz must tell the truth during the outage"
@@ -211,6 +225,7 @@ async fn database_restart_loses_nothing_and_workers_resume() {
     let after = start_load_seqs(&cluster, &tenants, 1001..=1010);
     let (verdict, submissions) =
         judge("database_restart", &cluster, &tenants, chain(loads, after)).await;
+    assert_outage_answers("broker_restart", &submissions);
     assert_eq!(
         ready_during_outage, 503,
         "/readyz must tell the truth during the outage"
