@@ -3,13 +3,15 @@
 use crate::{
     api::{self, AppState},
     auth::{Authenticator, JwtVerifier},
+    backlog::{self, Backlog},
     config::Settings,
-    queue::{Publisher, Topology},
+    queue::{results, results::JobWaiters, Publisher, Topology},
+    retention,
     store::{self, StoreError},
     worker::Worker,
 };
 use sqlx::PgPool;
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -105,9 +107,34 @@ impl Service {
             pool: pool.clone(),
             publisher: publisher.clone(),
             auth: Authenticator::new(pool.clone(), jwt),
+            waiters: JobWaiters::default(),
+            backlog: Backlog::default(),
         };
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        // Background duties shut down with the rest, but nobody waits for
+        // them to finish a round.
+        tasks.spawn(retention::run(
+            pool.clone(),
+            settings.job_retention_hours,
+            Duration::from_secs(settings.purge_interval_secs.max(1)),
+            stop.clone(),
+        ));
+        if mode != Mode::Worker {
+            tasks.spawn(results::listen(
+                settings.amqp_url.clone(),
+                topology(&settings),
+                state.waiters.clone(),
+                stop.clone(),
+            ));
+            tasks.spawn(backlog::run(
+                settings.amqp_url.clone(),
+                topology(&settings),
+                pool.clone(),
+                state.backlog.clone(),
+                stop.clone(),
+            ));
+        }
 
         let http_addr = if mode == Mode::Worker {
             None

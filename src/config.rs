@@ -141,6 +141,15 @@ pub struct Settings {
     )]
     pub job_retention_hours: u64,
 
+    /// How often expired jobs and idempotency keys are purged.
+    #[arg(
+        long,
+        global = true,
+        env = "SYNC_PURGE_INTERVAL_SECS",
+        default_value_t = 300
+    )]
+    pub purge_interval_secs: u64,
+
     /// Bound on a graceful shutdown.
     #[arg(
         long,

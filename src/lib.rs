@@ -4,9 +4,11 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod backlog;
 pub mod config;
 pub mod domain;
 pub mod queue;
+pub mod retention;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

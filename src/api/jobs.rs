@@ -1,9 +1,9 @@
 //! `GET /api/v1/sync/jobs/{correlation_id}`.
 
-use super::{error::ApiError, state::AppState};
+use super::{error::ApiError, progress, state::AppState};
 use crate::{
     auth::Principal,
-    store::{jobs, Job},
+    store::{jobs, Job, JobStatus},
 };
 use axum::{
     extract::{Path, State},
@@ -24,8 +24,14 @@ pub async fn get_job(
     }
     let not_found = || ApiError::NotFound(format!("no job {id}"));
     let uuid = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    jobs::find_visible(&state.pool, uuid, principal.visible_company())
+    let job = jobs::find_visible(&state.pool, uuid, principal.visible_company())
         .await?
-        .map(Json)
-        .ok_or_else(not_found)
+        .ok_or_else(not_found)?;
+    let job = if job.status == JobStatus::Queued {
+        let ahead = jobs::open_jobs_ahead(&state.pool, &job).await?;
+        progress::with_progress(&state, job, u64::try_from(ahead).unwrap_or(0))
+    } else {
+        job
+    };
+    Ok(Json(job))
 }

@@ -4,7 +4,9 @@ mod error;
 mod health;
 mod http_metrics;
 mod jobs;
+mod prefer;
 mod principal;
+mod progress;
 mod state;
 mod submit;
 

@@ -1,6 +1,9 @@
 //! What every handler can reach.
 
-use crate::{auth::Authenticator, config::Settings, queue::Publisher};
+use crate::{
+    auth::Authenticator, backlog::Backlog, config::Settings, queue::results::JobWaiters,
+    queue::Publisher,
+};
 use sqlx::PgPool;
 use std::sync::Arc;
 
@@ -11,4 +14,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub publisher: Arc<Publisher>,
     pub auth: Authenticator,
+    /// Requests waiting for their job (`Prefer: wait`).
+    pub waiters: JobWaiters,
+    /// Latest queue depths and drain rates.
+    pub backlog: Backlog,
 }

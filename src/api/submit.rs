@@ -1,24 +1,32 @@
-//! `POST /api/v1/sync/{entity}`: validate, tenant-check, record, publish.
+//! `POST /api/v1/sync/{entity}`: validate, tenant-check, record, publish —
+//! once per idempotency key — and optionally wait for the result.
 
-use super::{error::ApiError, state::AppState};
+use super::{error::ApiError, prefer, progress, state::AppState};
 use crate::{
     auth::{access, Principal},
-    domain::{parse_batch, Batch, BatchError, Entity},
-    queue::{BatchMessage, PublishError, MESSAGE_VERSION},
-    store::{jobs, Job, NewJob},
+    domain::{parse_batch, Batch, BatchError, Entity, FieldError},
+    queue::{results::Waiter, BatchMessage, PublishError, MESSAGE_VERSION},
+    store::{
+        idempotency::{self, Recorded},
+        jobs, Job, NewJob,
+    },
     telemetry::metrics as m,
 };
 use axum::{
     body::Bytes,
-    extract::{rejection::BytesRejection, Path, State},
+    extract::{
+        rejection::{BytesRejection, QueryRejection},
+        Path, Query, State,
+    },
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-/// The 202 body: the job resource plus every item's GUID, in order.
+/// The 202 (or 200) body: the job resource plus every item's GUID, in order.
 #[derive(Debug, Serialize)]
 pub struct Accepted {
     #[serde(flatten)]
@@ -26,11 +34,27 @@ pub struct Accepted {
     pub guids: Vec<Uuid>,
 }
 
+/// Query parameters of a submission.
+#[derive(Debug, Default, Deserialize)]
+pub struct SubmitParams {
+    /// Run everything, then roll the upsert back.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// A submission that passed every check, ready to be queued.
+struct Submission {
+    batch: Batch,
+    dry_run: bool,
+    request_hash: Vec<u8>,
+}
+
 /// Accepts a batch of one entity's items.
 #[tracing::instrument(skip_all, fields(entity = %entity, correlation_id, company_guid = %principal.company, item_count))]
 pub async fn submit(
     State(state): State<AppState>,
     Path(entity): Path<String>,
+    params: Result<Query<SubmitParams>, QueryRejection>,
     principal: Principal,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -41,20 +65,17 @@ pub async fn submit(
     let entity: Entity = entity
         .parse()
         .map_err(|e: crate::domain::UnknownEntity| ApiError::NotFound(e.to_string()))?;
-    require_json(&headers)?;
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge {
-                limit: state.settings.max_body_bytes,
-            }
-        } else {
-            ApiError::Validation(vec![crate::domain::FieldError {
-                index: None,
-                field: None,
-                message: rejection.body_text(),
-            }])
-        }
+    let Query(params) = params.map_err(|rejection| {
+        ApiError::Validation(vec![FieldError {
+            index: None,
+            field: Some("dry_run".into()),
+            message: rejection.body_text(),
+        }])
     })?;
+    require_json(&headers)?;
+    let key = prefer::idempotency_key(&headers)?;
+    let wait = prefer::wait(&headers);
+    let body = body.map_err(|rejection| body_error(&state, rejection))?;
     let batch =
         parse_batch(entity, &body, state.settings.batch_limit(entity)).map_err(|e| match e {
             BatchError::TooLarge { .. } => ApiError::BatchTooLarge(e.to_string()),
@@ -65,23 +86,43 @@ pub async fn submit(
         return Err(ApiError::CompanyAccessDenied { indexes: forbidden });
     }
     tracing::Span::current().record("item_count", batch.len());
-    let job = enqueue(&state, &principal, batch.clone()).await?;
-    metrics::counter!(m::JOBS_SUBMITTED, "entity" => entity.as_str()).increment(1);
-    metrics::counter!(m::ITEMS_SUBMITTED, "entity" => entity.as_str())
-        .increment(batch.len() as u64);
-    let location = format!("/api/v1/sync/jobs/{}", job.correlation_id);
-    let mut response = (
-        StatusCode::ACCEPTED,
-        Json(Accepted {
-            job,
-            guids: batch.guids(),
-        }),
-    )
-        .into_response();
-    if let Ok(location) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, location);
+    let submission = Submission {
+        request_hash: request_hash(entity, params.dry_run, &body),
+        batch,
+        dry_run: params.dry_run,
+    };
+    let correlation_id = Uuid::now_v7();
+    tracing::Span::current().record("correlation_id", tracing::field::display(correlation_id));
+    // Registered before publishing, so a quick result cannot slip past.
+    let waiter = wait.map(|_| state.waiters.register(correlation_id));
+    let (accepted, replayed) = match key {
+        Some(key) => submit_once(&state, &principal, &key, submission, correlation_id).await?,
+        None => (
+            submit_new(&state, &principal, submission, correlation_id).await?,
+            false,
+        ),
+    };
+    let waiter = match waiter {
+        Some(waiter) if accepted.job.correlation_id == correlation_id => Some(waiter),
+        // A replay waits for the original job.
+        Some(_) => Some(state.waiters.register(accepted.job.correlation_id)),
+        None => None,
+    };
+    respond(&state, accepted, wait.zip(waiter), replayed).await
+}
+
+fn body_error(state: &AppState, rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge {
+            limit: state.settings.max_body_bytes,
+        }
+    } else {
+        ApiError::Validation(vec![FieldError {
+            index: None,
+            field: None,
+            message: rejection.body_text(),
+        }])
     }
-    Ok(response)
 }
 
 fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -104,37 +145,114 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// What makes two requests "the same" for an idempotency key.
+fn request_hash(entity: Entity, dry_run: bool, body: &[u8]) -> Vec<u8> {
+    let mut hash = Sha256::new();
+    hash.update(entity.as_str());
+    hash.update([0, u8::from(dry_run), 0]);
+    hash.update(body);
+    hash.finalize().to_vec()
+}
+
+/// Submits under an idempotency key: the first request with the key queues
+/// the batch; a later one with the same body gets that job back; one with
+/// another body is refused. Concurrent requests with one key are serialised
+/// by a lock held until the key is recorded. Returns (accepted, replayed).
+async fn submit_once(
+    state: &AppState,
+    principal: &Principal,
+    key: &str,
+    submission: Submission,
+    correlation_id: Uuid,
+) -> Result<(Accepted, bool), ApiError> {
+    let company = principal.company;
+    let mut tx = state.pool.begin().await?;
+    if let Some(recorded) = idempotency::lock_and_find(&mut tx, company, key).await? {
+        if recorded.request_hash != submission.request_hash {
+            return Err(ApiError::IdempotencyKeyReused);
+        }
+        if let Some(job) = jobs::find_visible(&state.pool, recorded.correlation_id, None).await? {
+            tx.commit().await?;
+            tracing::info!(original = %job.correlation_id, "idempotent replay");
+            return Ok((
+                Accepted {
+                    job,
+                    guids: recorded.guids,
+                },
+                true,
+            ));
+        }
+        // The original job was purged: the key starts afresh.
+    }
+    let request_hash = submission.request_hash.clone();
+    let accepted = submit_new(state, principal, submission, correlation_id).await?;
+    let recorded = Recorded {
+        request_hash,
+        correlation_id: accepted.job.correlation_id,
+        guids: accepted.guids.clone(),
+    };
+    if let Err(error) = idempotency::record(&mut tx, company, key, &recorded).await {
+        // The batch is queued; only the key is lost. Say so, do not fail.
+        tracing::error!(%error, "could not record the idempotency key");
+    }
+    tx.commit().await?;
+    Ok((accepted, false))
+}
+
 /// Records the job and publishes the batch; only a confirmed publish counts.
-async fn enqueue(state: &AppState, principal: &Principal, batch: Batch) -> Result<Job, ApiError> {
+async fn submit_new(
+    state: &AppState,
+    principal: &Principal,
+    submission: Submission,
+    correlation_id: Uuid,
+) -> Result<Accepted, ApiError> {
+    let Submission { batch, dry_run, .. } = submission;
+    if !batch.is_empty() {
+        if let Some(retry_after) = state.backlog.retry_after(state.settings.max_queue_depth) {
+            return Err(ApiError::QueueFull { retry_after });
+        }
+    }
     let topology = state.publisher.topology();
     let owner = batch.owner(principal.company);
     let shard = topology.shard_for(owner);
     let new_job = NewJob {
-        correlation_id: Uuid::now_v7(),
+        correlation_id,
         company_guid: owner,
         entity: batch.entity(),
         item_count: i32::try_from(batch.len()).unwrap_or(i32::MAX),
-        dry_run: false,
+        dry_run,
         shard: i32::from(shard),
         submitted_by: principal.subject.clone(),
     };
-    tracing::Span::current().record(
-        "correlation_id",
-        tracing::field::display(new_job.correlation_id),
-    );
-    if batch.is_empty() {
-        return Ok(jobs::insert_empty_succeeded(&state.pool, &new_job).await?);
-    }
-    let job = jobs::insert_queued(&state.pool, &new_job).await?;
-    let message = BatchMessage {
-        version: MESSAGE_VERSION,
-        correlation_id: job.correlation_id,
-        company_guid: owner,
-        dry_run: new_job.dry_run,
-        batch,
+    let guids = batch.guids();
+    let job = if batch.is_empty() {
+        jobs::insert_empty_succeeded(&state.pool, &new_job).await?
+    } else {
+        let job = jobs::insert_queued(&state.pool, &new_job).await?;
+        let message = BatchMessage {
+            version: MESSAGE_VERSION,
+            correlation_id,
+            company_guid: owner,
+            dry_run,
+            batch,
+        };
+        publish(state, job, shard, &message).await?
     };
-    let published = state.publisher.publish_batch(shard, &message).await;
-    let Err(error) = published else {
+    let entity = new_job.entity.as_str();
+    metrics::counter!(m::JOBS_SUBMITTED, "entity" => entity).increment(1);
+    metrics::counter!(m::ITEMS_SUBMITTED, "entity" => entity).increment(guids.len() as u64);
+    Ok(Accepted { job, guids })
+}
+
+/// Publishes the batch of a recorded job, withdrawing the job if the broker
+/// does not confirm.
+async fn publish(
+    state: &AppState,
+    job: Job,
+    shard: u16,
+    message: &BatchMessage,
+) -> Result<Job, ApiError> {
+    let Err(error) = state.publisher.publish_batch(shard, message).await else {
         return Ok(job);
     };
     tracing::warn!(%error, "publish not confirmed; withdrawing the job");
@@ -145,9 +263,54 @@ async fn enqueue(state: &AppState, principal: &Principal, batch: Batch) -> Resul
         }
     }
     Err(match error {
-        PublishError::Rejected => ApiError::QueueFull { retry_after: 5 },
+        PublishError::Rejected => ApiError::QueueFull {
+            retry_after: state.backlog.retry_after(0).unwrap_or(5),
+        },
         PublishError::Unavailable(_) | PublishError::Timeout(_) | PublishError::Unroutable => {
             ApiError::BrokerUnavailable
         }
     })
+}
+
+/// 202 with the job, or — when the client asked to wait and the job
+/// finished in time — 200 with the finished job.
+async fn respond(
+    state: &AppState,
+    mut accepted: Accepted,
+    wait: Option<(u64, Waiter)>,
+    replayed: bool,
+) -> Result<Response, ApiError> {
+    let waited = wait.as_ref().map(|(secs, _)| *secs);
+    if let Some((secs, mut waiter)) = wait {
+        if !accepted.job.status.is_finished() {
+            waiter.wait(prefer::wait_duration(secs)).await;
+            if let Some(job) =
+                jobs::find_visible(&state.pool, accepted.job.correlation_id, None).await?
+            {
+                accepted.job = job;
+            }
+        }
+    }
+    let finished = accepted.job.status.is_finished();
+    let status = if waited.is_some() && finished {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let location = format!("/api/v1/sync/jobs/{}", accepted.job.correlation_id);
+    // RFC 7240: the preference was honoured (we waited), whatever the outcome.
+    let wait_header = waited.and_then(|secs| HeaderValue::from_str(&format!("wait={secs}")).ok());
+    accepted.job = progress::accepted(state, accepted.job);
+    let mut response = (status, Json(accepted)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, location);
+    }
+    if let Some(value) = wait_header {
+        headers.insert("preference-applied", value);
+    }
+    if replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
 }

@@ -2,6 +2,7 @@
 
 pub mod envelope;
 pub mod publisher;
+pub mod results;
 pub mod topology;
 
 pub use envelope::{BatchMessage, EnvelopeError, MESSAGE_VERSION};

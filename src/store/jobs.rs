@@ -99,6 +99,15 @@ pub struct Job {
     pub started_at: Option<DateTime<Utc>>,
     #[serde(serialize_with = "opt_millis")]
     pub completed_at: Option<DateTime<Utc>>,
+    /// While queued: approximate place in its shard (1 = next).
+    #[sqlx(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<i64>,
+    /// While queued: when a worker should start it, from the shard's
+    /// recent drain rate (absent while that rate is unknown).
+    #[sqlx(skip)]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_millis")]
+    pub estimated_start_at: Option<DateTime<Utc>>,
 }
 
 /// The `entity` column, read back into an [`Entity`].
@@ -277,4 +286,44 @@ pub async fn finish_failed(
         Some(job) => Ok(Some(job)),
         None => find(conn, id).await,
     }
+}
+
+/// Open jobs ahead of this one in its shard (queued or processing, submitted
+/// earlier).
+pub async fn open_jobs_ahead(pool: &PgPool, job: &Job) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM sync_jobs \
+         WHERE shard = $1 AND status IN ('queued', 'processing') AND submitted_at < $2",
+    )
+    .bind(job.shard)
+    .bind(job.submitted_at)
+    .fetch_one(pool)
+    .await
+}
+
+/// Jobs finished per shard within the last `seconds`.
+pub async fn recently_finished_by_shard(
+    pool: &PgPool,
+    seconds: i32,
+) -> Result<Vec<(i32, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT shard, count(*) FROM sync_jobs \
+         WHERE completed_at > now() - make_interval(secs => $1) GROUP BY shard",
+    )
+    .bind(f64::from(seconds))
+    .fetch_all(pool)
+    .await
+}
+
+/// Deletes up to `limit` jobs finished more than `hours` ago; returns how many.
+pub async fn purge_finished(pool: &PgPool, hours: i32, limit: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM sync_jobs WHERE correlation_id IN (SELECT correlation_id FROM sync_jobs \
+         WHERE completed_at < now() - make_interval(hours => $1) LIMIT $2)",
+    )
+    .bind(hours)
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
 }

@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 mod entities;
+pub mod idempotency;
 pub mod jobs;
 
 pub use entities::{find_foreign_references, upsert_batch, UpsertOutcome};

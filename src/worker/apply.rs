@@ -55,11 +55,16 @@ pub async fn apply_batch(
         tx.commit().await?;
         return Ok(Applied::earlier(job));
     }
-    let mut violations = store::find_foreign_references(&mut tx, &message.batch).await?;
-    let outcome = store::upsert_batch(&mut tx, &message.batch).await?;
-    violations.extend(&outcome.foreign_indexes);
-    violations.sort_unstable();
-    violations.dedup();
+    let (outcome, violations) = if message.dry_run {
+        // The whole apply runs, inside a savepoint rolled back at once: the
+        // counts and violations are real, the data untouched.
+        let mut trial = tx.begin().await?;
+        let checked = check_and_upsert(&mut trial, &message.batch).await?;
+        trial.rollback().await?;
+        checked
+    } else {
+        check_and_upsert(&mut tx, &message.batch).await?
+    };
     if !violations.is_empty() {
         tx.rollback().await?;
         let error = JobError::company_access_violation(violations);
@@ -71,6 +76,20 @@ pub async fn apply_batch(
         .await?;
     tx.commit().await?;
     Ok(Applied::now(Some(job)))
+}
+
+/// Upserts the batch and lists the items that touch another company's data
+/// (their GUID or a reference); the caller rolls back if any do.
+async fn check_and_upsert(
+    conn: &mut sqlx::PgConnection,
+    batch: &crate::domain::Batch,
+) -> Result<(store::UpsertOutcome, Vec<usize>), StoreError> {
+    let mut violations = store::find_foreign_references(conn, batch).await?;
+    let outcome = store::upsert_batch(conn, batch).await?;
+    violations.extend(&outcome.foreign_indexes);
+    violations.sort_unstable();
+    violations.dedup();
+    Ok((outcome, violations))
 }
 
 /// Marks the job of an unusable message failed (if it still runs).

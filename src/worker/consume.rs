@@ -418,6 +418,10 @@ fn record_completion(job: &Job, apply: Duration) {
         let wait = (started - job.submitted_at).to_std().unwrap_or_default();
         metrics::histogram!(m::QUEUE_WAIT, "entity" => entity).record(wait.as_secs_f64());
     }
+    if job.dry_run {
+        // Nothing was written.
+        return;
+    }
     let as_u64 = |n: Option<i32>| n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
     metrics::counter!(m::ITEMS_APPLIED, "entity" => entity, "op" => "inserted")
         .increment(as_u64(job.inserted));

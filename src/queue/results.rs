@@ -1,0 +1,184 @@
+//! The api's ear on the results exchange: one consumer per api process,
+//! waking requests that wait (`Prefer: wait=N`) for their job to finish.
+
+use super::topology::Topology;
+use futures_util::StreamExt;
+use lapin::{
+    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+    Connection, ConnectionProperties,
+};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Requests waiting for their job, by correlation id.
+#[derive(Clone, Default)]
+pub struct JobWaiters {
+    waiting: Arc<Mutex<HashMap<Uuid, watch::Sender<bool>>>>,
+}
+
+/// One request's wait; dropping it unregisters.
+pub struct Waiter {
+    id: Uuid,
+    finished: watch::Receiver<bool>,
+    waiters: JobWaiters,
+}
+
+impl JobWaiters {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, watch::Sender<bool>>> {
+        // A poisoned map only means a panic elsewhere while it was held; the
+        // map itself is still consistent (single inserts and removes).
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers interest in `id` (before its message is published, so the
+    /// result cannot slip past).
+    pub fn register(&self, id: Uuid) -> Waiter {
+        let (sender, finished) = watch::channel(false);
+        let mut waiting = self.lock();
+        let finished = match waiting.get(&id) {
+            Some(existing) => existing.subscribe(),
+            None => {
+                waiting.insert(id, sender);
+                finished
+            }
+        };
+        Waiter {
+            id,
+            finished,
+            waiters: self.clone(),
+        }
+    }
+
+    /// Wakes whoever waits for `id`.
+    pub fn notify(&self, id: Uuid) {
+        if let Some(sender) = self.lock().get(&id) {
+            let _ = sender.send(true);
+        }
+    }
+
+    /// How many requests are waiting (for metrics and tests).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when nobody waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Waiter {
+    /// Waits until the job's result arrives or `limit` passes; true if it
+    /// arrived. The caller reads the job afterwards either way.
+    pub async fn wait(&mut self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.finished.wait_for(|done| *done))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut waiting = self.waiters.lock();
+        if waiting
+            .get(&self.id)
+            .is_some_and(|sender| sender.receiver_count() <= 1)
+        {
+            waiting.remove(&self.id);
+        }
+    }
+}
+
+/// Listens to `{prefix}.results` on a private queue until `stop` fires,
+/// reconnecting after failures.
+pub async fn listen(url: String, topology: Topology, waiters: JobWaiters, stop: CancellationToken) {
+    let mut pause = Duration::from_millis(200);
+    while !stop.is_cancelled() {
+        match listen_once(&url, &topology, &waiters, &stop).await {
+            Ok(()) => pause = Duration::from_millis(200),
+            Err(error) => tracing::warn!(%error, ?pause, "results listener lost the broker"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn listen_once(
+    url: &str,
+    topology: &Topology,
+    waiters: &JobWaiters,
+    stop: &CancellationToken,
+) -> Result<(), lapin::Error> {
+    let properties =
+        ConnectionProperties::default().with_connection_name("sync-ingest api results".into());
+    let connection = Connection::connect(url, properties).await?;
+    let channel = connection.create_channel().await?;
+    topology.declare(&channel).await?;
+    // Server-named, exclusive, auto-delete: it lives exactly as long as this
+    // connection, so no api instance leaves a queue behind.
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            topology.results().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "api-results".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    // Results published while we were away are not replayed; a waiting
+    // request reads the job row when its wait ends, so it still sees them.
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => break,
+            next = consumer.next() => next,
+        };
+        match next {
+            Some(Ok(delivery)) => {
+                if let Some(id) = delivery
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .and_then(|id| Uuid::parse_str(id.as_str()).ok())
+                {
+                    waiters.notify(id);
+                }
+            }
+            Some(Err(e)) => return Err(e),
+            None => break,
+        }
+    }
+    let _ = connection.close(200, "stopping".into()).await;
+    Ok(())
+}
