@@ -7,10 +7,29 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use serde_json::json;
+use serde::Serialize;
 
 /// Seconds a client should wait before retrying after 429/503.
 const RETRY_AFTER_SECS: u64 = 5;
+
+/// An RFC 9457 problem details body, as every error is answered.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable snake_case code to branch on.
+    pub code: String,
+    /// Validation errors: every offending item and field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+    /// Items of another company (`company_access_denied`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub indexes: Option<Vec<usize>>,
+}
 
 /// A failed request.
 #[derive(Debug, thiserror::Error)]
@@ -128,18 +147,23 @@ impl IntoResponse for ApiError {
             // Logged here, never shown: internals do not leak to clients.
             tracing::error!(%detail, "internal error");
         }
-        let mut body = json!({
-            "type": format!("https://sync-ingest.dev/problems/{}", self.code().replace('_', "-")),
-            "title": self.title(),
-            "status": status.as_u16(),
-            "detail": self.to_string(),
-            "code": self.code(),
-        });
-        match &self {
-            ApiError::Validation(errors) => body["errors"] = json!(errors),
-            ApiError::CompanyAccessDenied { indexes } => body["indexes"] = json!(indexes),
-            _ => {}
-        }
+        let (errors, indexes) = match &self {
+            ApiError::Validation(errors) => (Some(errors.clone()), None),
+            ApiError::CompanyAccessDenied { indexes } => (None, Some(indexes.clone())),
+            _ => (None, None),
+        };
+        let body = Problem {
+            problem_type: format!(
+                "https://sync-ingest.dev/problems/{}",
+                self.code().replace('_', "-")
+            ),
+            title: self.title().to_owned(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            code: self.code().to_owned(),
+            errors,
+            indexes,
+        };
         let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(

@@ -4,6 +4,7 @@ mod error;
 mod health;
 mod http_metrics;
 mod jobs;
+mod openapi;
 mod prefer;
 mod principal;
 mod progress;
@@ -33,6 +34,7 @@ pub fn public_router(state: AppState) -> Router {
             "/api/v1/sync/{entity}",
             post(submit::submit).layer(DefaultBodyLimit::max(body_limit)),
         )
+        .route("/api/v1/openapi.json", get(openapi_document))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(not_found)
@@ -53,6 +55,12 @@ pub fn ops_router(state: AppState) -> Router {
 
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such resource".into())
+}
+
+async fn openapi_document(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::Json<serde_json::Value> {
+    axum::Json(openapi::document(&state.settings))
 }
 
 async fn method_not_allowed() -> ApiError {

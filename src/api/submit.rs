@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 /// The 202 (or 200) body: the job resource plus every item's GUID, in order.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Accepted {
     #[serde(flatten)]
     pub job: Job,

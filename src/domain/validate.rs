@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 /// One problem with one field of one item (or with the body as a whole,
 /// when `index` and `field` are absent).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub index: Option<usize>,
     pub field: Option<String>,
@@ -81,12 +81,9 @@ pub fn parse_batch(entity: Entity, body: &[u8], limit: usize) -> Result<Batch, B
         return Err(BatchError::Invalid(errors));
     }
     let objects = objects.into_iter().map(|mut o| {
+        // `null` means absent: the field takes its default.
+        o.retain(|_, v| !v.is_null());
         o.entry("guid")
-            .and_modify(|g| {
-                if g.is_null() {
-                    *g = Value::String(Uuid::now_v7().to_string())
-                }
-            })
             .or_insert_with(|| Value::String(Uuid::now_v7().to_string()));
         Value::Object(o)
     });
@@ -330,6 +327,19 @@ mod tests {
                 (Some(1), Some("quantity")),
             ]
         );
+    }
+
+    #[test]
+    fn null_optional_fields_take_their_defaults() {
+        let body = json!([{"company_guid": Uuid::nil(), "number": "1", "name": "a",
+                           "status": null, "guid": null, "start_date": null}]);
+        let Batch::Projects(projects) =
+            parse_batch(Entity::Projects, body.to_string().as_bytes(), 10).unwrap()
+        else {
+            panic!("projects expected");
+        };
+        assert_eq!(projects[0].status, crate::domain::ProjectStatus::Active);
+        assert_eq!(projects[0].start_date, None);
     }
 
     #[test]

@@ -7,7 +7,9 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum JobStatus {
@@ -35,7 +37,7 @@ impl JobStatus {
 }
 
 /// Why a job failed, as shown to its owner. Never names another tenant's data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobError {
     pub code: String,
     pub message: String,
@@ -73,12 +75,13 @@ impl JobError {
 }
 
 /// A job row, serialised as the job resource of SPEC §5.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Job {
     pub correlation_id: Uuid,
     #[serde(skip)]
     pub company_guid: Uuid,
     #[sqlx(try_from = "String")]
+    #[schema(value_type = Entity)]
     pub entity: EntityColumn,
     pub status: JobStatus,
     pub item_count: i32,
