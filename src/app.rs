@@ -120,6 +120,7 @@ impl Service {
             Duration::from_secs(settings.purge_interval_secs.max(1)),
             stop.clone(),
         ));
+        tasks.spawn(crate::telemetry::sample_pool(pool.clone(), stop.clone()));
         if mode != Mode::Worker {
             tasks.spawn(results::listen(
                 settings.amqp_url.clone(),

@@ -157,6 +157,8 @@ async fn ready_counts(channel: &Channel, topology: &Topology) -> Result<Vec<u64>
             .queue_declare(queue.as_str().into(), passive, FieldTable::default())
             .await?;
         let count = u64::from(declared.message_count());
+        metrics::gauge!(m::QUEUE_CONSUMERS, "queue" => queue.clone())
+            .set(f64::from(declared.consumer_count()));
         metrics::gauge!(m::QUEUE_MESSAGES, "queue" => queue).set(count as f64);
         ready.push(count);
     }

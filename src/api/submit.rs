@@ -10,13 +10,13 @@ use crate::{
         idempotency::{self, Recorded},
         jobs, Job, NewJob,
     },
-    telemetry::metrics as m,
+    telemetry::{metrics as m, trace::TraceContext},
 };
 use axum::{
     body::Bytes,
     extract::{
         rejection::{BytesRejection, QueryRejection},
-        Path, Query, State,
+        Extension, Path, Query, State,
     },
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
@@ -47,6 +47,8 @@ struct Submission {
     batch: Batch,
     dry_run: bool,
     request_hash: Vec<u8>,
+    /// The request's trace, continued in the message.
+    trace: TraceContext,
 }
 
 /// Accepts a batch of one entity's items.
@@ -56,6 +58,7 @@ pub async fn submit(
     Path(entity): Path<String>,
     params: Result<Query<SubmitParams>, QueryRejection>,
     principal: Principal,
+    trace: Option<Extension<TraceContext>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -90,6 +93,7 @@ pub async fn submit(
         request_hash: request_hash(entity, params.dry_run, &body),
         batch,
         dry_run: params.dry_run,
+        trace: trace.map_or_else(TraceContext::new_root, |Extension(t)| t),
     };
     let correlation_id = Uuid::now_v7();
     tracing::Span::current().record("correlation_id", tracing::field::display(correlation_id));
@@ -206,7 +210,12 @@ async fn submit_new(
     submission: Submission,
     correlation_id: Uuid,
 ) -> Result<Accepted, ApiError> {
-    let Submission { batch, dry_run, .. } = submission;
+    let Submission {
+        batch,
+        dry_run,
+        trace,
+        ..
+    } = submission;
     if !batch.is_empty() {
         if let Some(retry_after) = state.backlog.retry_after(state.settings.max_queue_depth) {
             return Err(ApiError::QueueFull { retry_after });
@@ -236,7 +245,7 @@ async fn submit_new(
             dry_run,
             batch,
         };
-        publish(state, job, shard, &message).await?
+        publish(state, job, shard, &message, trace.child()).await?
     };
     let entity = new_job.entity.as_str();
     metrics::counter!(m::JOBS_SUBMITTED, "entity" => entity).increment(1);
@@ -251,8 +260,9 @@ async fn publish(
     job: Job,
     shard: u16,
     message: &BatchMessage,
+    trace: TraceContext,
 ) -> Result<Job, ApiError> {
-    let Err(error) = state.publisher.publish_batch(shard, message).await else {
+    let Err(error) = state.publisher.publish_batch(shard, message, trace).await else {
         return Ok(job);
     };
     tracing::warn!(%error, "publish not confirmed; withdrawing the job");

@@ -5,6 +5,7 @@
 //! confirm timeout, so a request never hangs on a dead broker.
 
 use super::{envelope::BatchMessage, topology::Topology};
+use crate::telemetry::{metrics as m, trace::TraceContext};
 use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable},
@@ -169,6 +170,7 @@ impl Publisher {
         let properties = properties
             .with_delivery_mode(2)
             .with_content_type("application/json".into());
+        let started = Instant::now();
         let confirmed = tokio::time::timeout(self.confirm_timeout, async {
             channel
                 .basic_publish(
@@ -182,6 +184,18 @@ impl Publisher {
                 .await
         })
         .await;
+        let outcome = match &confirmed {
+            Ok(Ok(Confirmation::Ack(None))) => "ack",
+            Ok(Ok(Confirmation::Ack(Some(_)))) => "returned",
+            Ok(Ok(Confirmation::Nack(_))) => "nack",
+            Ok(Ok(Confirmation::NotRequested)) | Ok(Err(_)) => "error",
+            Err(_) => "timeout",
+        };
+        metrics::histogram!(m::PUBLISH_CONFIRM, "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        if outcome != "ack" {
+            metrics::counter!(m::PUBLISH_FAILURES, "reason" => outcome).increment(1);
+        }
         match confirmed {
             Ok(Ok(Confirmation::Ack(None))) => Ok(()),
             Ok(Ok(Confirmation::Ack(Some(_)))) => Err(PublishError::Unroutable),
@@ -209,8 +223,13 @@ impl Publisher {
         &self,
         shard: u16,
         message: &BatchMessage,
+        trace: TraceContext,
     ) -> Result<(), PublishError> {
         let mut headers = FieldTable::default();
+        headers.insert(
+            "traceparent".into(),
+            AMQPValue::LongString(trace.to_string().into()),
+        );
         headers.insert(
             "x-sync-entity".into(),
             AMQPValue::LongString(message.batch.entity().as_str().into()),
@@ -231,14 +250,19 @@ impl Publisher {
         routing_key: &str,
         correlation_id: Uuid,
         body: &[u8],
+        trace: Option<TraceContext>,
     ) -> Result<(), PublishError> {
+        let mut properties = message_properties(correlation_id);
+        if let Some(trace) = trace {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                "traceparent".into(),
+                AMQPValue::LongString(trace.child().to_string().into()),
+            );
+            properties = properties.with_headers(headers);
+        }
         match self
-            .publish(
-                &self.topology.results(),
-                routing_key,
-                body,
-                message_properties(correlation_id),
-            )
+            .publish(&self.topology.results(), routing_key, body, properties)
             .await
         {
             // A result nobody is bound to hear is not an error: the job row

@@ -2,6 +2,7 @@
 //! waking requests that wait (`Prefer: wait=N`) for their job to finish.
 
 use super::topology::Topology;
+use crate::telemetry::metrics as m;
 use futures_util::StreamExt;
 use lapin::{
     options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
@@ -49,6 +50,7 @@ impl JobWaiters {
                 finished
             }
         };
+        metrics::gauge!(m::WAITING_REQUESTS).set(waiting.len() as f64);
         Waiter {
             id,
             finished,
@@ -93,6 +95,7 @@ impl Drop for Waiter {
         {
             waiting.remove(&self.id);
         }
+        metrics::gauge!(m::WAITING_REQUESTS).set(waiting.len() as f64);
     }
 }
 

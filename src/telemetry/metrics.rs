@@ -15,6 +15,15 @@ pub const QUEUE_MESSAGES: &str = "sync_queue_messages";
 pub const DEAD_LETTERED: &str = "sync_jobs_dead_lettered_total";
 pub const REDELIVERIES: &str = "sync_job_redeliveries_total";
 
+// Beyond the contract: what an operator also needs.
+pub const HTTP_IN_FLIGHT: &str = "sync_http_requests_in_flight";
+pub const PUBLISH_CONFIRM: &str = "sync_publish_confirm_seconds";
+pub const PUBLISH_FAILURES: &str = "sync_publish_failures_total";
+pub const QUEUE_CONSUMERS: &str = "sync_queue_consumers";
+pub const DB_POOL_CONNECTIONS: &str = "sync_db_pool_connections";
+pub const APPLY_RETRIES: &str = "sync_apply_retries_total";
+pub const WAITING_REQUESTS: &str = "sync_waiting_requests";
+
 /// HTTP handling: sub-millisecond to tens of seconds (waiting requests).
 const HTTP_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -29,6 +38,11 @@ const WAIT_BUCKETS: &[f64] = &[
     14400.0,
 ];
 
+/// Publisher confirms: sub-millisecond to the confirm timeout.
+const CONFIRM_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// A Prometheus builder with our buckets.
 pub fn prometheus_builder() -> PrometheusBuilder {
     let builder = PrometheusBuilder::new();
@@ -38,6 +52,7 @@ pub fn prometheus_builder() -> PrometheusBuilder {
     };
     let builder = with(builder, HTTP_DURATION, HTTP_BUCKETS);
     let builder = with(builder, BATCH_APPLY, APPLY_BUCKETS);
+    let builder = with(builder, PUBLISH_CONFIRM, CONFIRM_BUCKETS);
     with(builder, QUEUE_WAIT, WAIT_BUCKETS)
 }
 

@@ -1,6 +1,7 @@
 //! Logging and metrics set-up.
 
 pub mod metrics;
+pub mod trace;
 
 use crate::config::LogFormat;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -33,4 +34,19 @@ pub fn prometheus() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Samples the database pool's connections into `sync_db_pool_connections`
+/// every few seconds until `stop` fires.
+pub async fn sample_pool(pool: sqlx::PgPool, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        let size = f64::from(pool.size());
+        let idle = pool.num_idle() as f64;
+        ::metrics::gauge!(metrics::DB_POOL_CONNECTIONS, "state" => "idle").set(idle);
+        ::metrics::gauge!(metrics::DB_POOL_CONNECTIONS, "state" => "in_use").set(size - idle);
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+        }
+    }
 }

@@ -5,7 +5,7 @@ use super::dead_letters::DeadLetterRecorder;
 use super::retry::{retry_in_place, GaveUp};
 use crate::queue::{BatchMessage, Publisher, Topology};
 use crate::store::{Job, JobError};
-use crate::telemetry::metrics as m;
+use crate::telemetry::{metrics as m, trace::TraceContext};
 use futures_util::StreamExt;
 use lapin::{
     message::Delivery,
@@ -255,17 +255,22 @@ impl Worker {
         let data = delivery.data.clone();
         let properties_id = correlation_id(delivery);
         let redelivered = delivery.redelivered;
+        let trace = trace_context(delivery);
         let stop_inner = stop.clone();
         let span = tracing::info_span!(
             "job",
             shard,
             correlation_id = tracing::field::Empty,
-            entity = tracing::field::Empty
+            entity = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
         );
+        if let Some(trace) = &trace {
+            span.record("trace_id", trace.trace_id());
+        }
         let task = tokio::spawn(
             async move {
                 worker
-                    .process(&data, properties_id, redelivered, &stop_inner)
+                    .process(&data, properties_id, redelivered, trace, &stop_inner)
                     .await
             }
             .instrument(span),
@@ -287,6 +292,7 @@ impl Worker {
         data: &[u8],
         properties_id: Option<Uuid>,
         redelivered: bool,
+        trace: Option<TraceContext>,
         stop: &CancellationToken,
     ) -> Disposition {
         let message = match BatchMessage::from_json(data) {
@@ -295,7 +301,7 @@ impl Worker {
                 tracing::error!(%error, correlation_id = ?properties_id, "unreadable message");
                 if let Some(id) = properties_id {
                     let job_error = JobError::invalid_message(&error.to_string());
-                    if !self.finish_failed(id, job_error, stop).await {
+                    if !self.finish_failed(id, job_error, trace, stop).await {
                         return Disposition::Requeue;
                     }
                 }
@@ -315,7 +321,7 @@ impl Worker {
         let started = std::time::Instant::now();
         let applied = retry_in_place(
             stop,
-            "applying the batch",
+            "apply",
             PERMANENT_TRIES,
             crate::store::StoreError::is_transient,
             || apply_batch(&self.pool, &message),
@@ -340,6 +346,7 @@ impl Worker {
                     .finish_failed(
                         message.correlation_id,
                         JobError::retries_exhausted(attempts),
+                        trace,
                         stop,
                     )
                     .await
@@ -349,8 +356,15 @@ impl Worker {
                 return Disposition::Ack;
             }
         };
-        tracing::info!(batch = %describe(&message.batch), status = job.status.as_str(), inserted = ?job.inserted, updated = ?job.updated, "job finished");
-        if self.publish_result(&job, stop).await {
+        tracing::info!(
+            batch = %describe(&message.batch),
+            status = job.status.as_str(),
+            inserted = job.inserted.unwrap_or(0),
+            updated = job.updated.unwrap_or(0),
+            attempts = job.attempts,
+            "job finished"
+        );
+        if self.publish_result(&job, trace, stop).await {
             Disposition::Ack
         } else {
             Disposition::Requeue
@@ -363,18 +377,19 @@ impl Worker {
         &self,
         id: Uuid,
         error: JobError,
+        trace: Option<TraceContext>,
         stop: &CancellationToken,
     ) -> bool {
         let failed = retry_in_place(
             stop,
-            "failing the job",
+            "fail_job",
             PERMANENT_TRIES,
             crate::store::StoreError::is_transient,
             || fail_job(&self.pool, id, &error),
         )
         .await;
         match failed {
-            Ok(Some(job)) => self.publish_result(&job, stop).await,
+            Ok(Some(job)) => self.publish_result(&job, trace, stop).await,
             Ok(None) => true,
             Err(GaveUp::Stopping) => false,
             Err(GaveUp::Permanent(e)) => {
@@ -386,7 +401,12 @@ impl Worker {
 
     /// Publishes the job resource to the results exchange, retrying until
     /// confirmed; false if interrupted by shutdown.
-    async fn publish_result(&self, job: &Job, stop: &CancellationToken) -> bool {
+    async fn publish_result(
+        &self,
+        job: &Job,
+        trace: Option<TraceContext>,
+        stop: &CancellationToken,
+    ) -> bool {
         let body = serde_json::to_vec(job).unwrap_or_default();
         let routing_key = format!(
             "{}.{}.{}",
@@ -396,12 +416,12 @@ impl Worker {
         );
         retry_in_place(
             stop,
-            "publishing the result",
+            "publish_result",
             u32::MAX,
             |_| true,
             || {
                 self.publisher
-                    .publish_result(&routing_key, job.correlation_id, &body)
+                    .publish_result(&routing_key, job.correlation_id, &body, trace)
             },
         )
         .await
@@ -457,4 +477,18 @@ pub(super) fn correlation_id(delivery: &Delivery) -> Option<Uuid> {
         .correlation_id()
         .as_ref()
         .and_then(|id| Uuid::parse_str(id.as_str()).ok())
+}
+
+/// The trace context a message carries (`traceparent` header), if any.
+pub(super) fn trace_context(delivery: &Delivery) -> Option<TraceContext> {
+    match delivery
+        .properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get("traceparent")?
+    {
+        lapin::types::AMQPValue::LongString(s) => TraceContext::parse(&s.to_string()),
+        _ => None,
+    }
 }

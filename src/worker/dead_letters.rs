@@ -4,7 +4,7 @@
 //! delivery limit dead-lettered it ends as `retries_exhausted`. The copy in
 //! `{prefix}.dead` stays for operators.
 
-use super::consume::{correlation_id, settle, Disposition, Worker};
+use super::consume::{correlation_id, settle, trace_context, Disposition, Worker};
 use crate::store::JobError;
 use crate::telemetry::metrics as m;
 use futures_util::StreamExt;
@@ -55,7 +55,11 @@ impl DeadLetterRecorder {
                 JobError::invalid_message(&format!("the message was dead-lettered ({reason})"))
             };
             // Only a job that has not finished yet is changed.
-            if !self.worker.finish_failed(id, error, stop).await {
+            if !self
+                .worker
+                .finish_failed(id, error, trace_context(delivery), stop)
+                .await
+            {
                 return Disposition::Requeue;
             }
         }

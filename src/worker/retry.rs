@@ -1,6 +1,7 @@
 //! Retrying in place: a shard never skips ahead of a message it could not
 //! finish, it waits and tries the same message again.
 
+use crate::telemetry::metrics as m;
 use std::{fmt::Display, future::Future, time::Duration};
 use tokio_util::sync::CancellationToken;
 
@@ -16,12 +17,12 @@ pub enum GaveUp<E> {
     Permanent(E),
 }
 
-/// Runs `attempt` until it succeeds, backing off exponentially (capped)
+/// Runs `attempt` (named `operation` in logs and metrics) until it succeeds, backing off exponentially (capped)
 /// between transient failures. `is_transient` errors are retried until
 /// `stop` fires; other errors `permanent_tries` times in all.
 pub async fn retry_in_place<T, E, F, Fut>(
     stop: &CancellationToken,
-    what: &str,
+    operation: &str,
     permanent_tries: u32,
     is_transient: impl Fn(&E) -> bool,
     mut attempt: F,
@@ -43,7 +44,9 @@ where
                         return Err(GaveUp::Permanent(error));
                     }
                 }
-                tracing::warn!(%error, ?pause, "{what} failed; retrying in place");
+                metrics::counter!(m::APPLY_RETRIES, "operation" => operation.to_owned())
+                    .increment(1);
+                tracing::warn!(%error, ?pause, operation, "failed; retrying in place");
             }
         }
         tokio::select! {
