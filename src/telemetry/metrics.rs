@@ -80,4 +80,27 @@ pub fn describe() {
         REDELIVERIES,
         "Request messages delivered again after a failure"
     );
+    describe_gauge!(HTTP_IN_FLIGHT, "HTTP requests being handled now");
+    describe_histogram!(
+        PUBLISH_CONFIRM,
+        Unit::Seconds,
+        "Time from publish to broker confirm, by outcome"
+    );
+    describe_counter!(PUBLISH_FAILURES, "Publishes not confirmed, by reason");
+    describe_gauge!(
+        QUEUE_CONSUMERS,
+        "Consumers attached to a request queue, as last sampled"
+    );
+    describe_gauge!(
+        DB_POOL_CONNECTIONS,
+        "Database pool connections, by state (idle, in_use)"
+    );
+    describe_counter!(
+        APPLY_RETRIES,
+        "Transient failures retried in place, by operation"
+    );
+    describe_gauge!(
+        WAITING_REQUESTS,
+        "Requests waiting for their job (Prefer: wait)"
+    );
 }

@@ -11,6 +11,10 @@ use std::{
 use sync_ingest::{app::topology, auth::api_key, config::Settings};
 use uuid::Uuid;
 
+/// Every test here takes this: some stop the shared RabbitMQ or PostgreSQL,
+/// and all of them load the machine with several processes.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const BINARY: &str = env!("CARGO_BIN_EXE_sync-ingest");
 const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -18,6 +22,7 @@ const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub struct Process {
     pub child: Child,
     pub http_port: Option<u16>,
+    pub ops_port: u16,
 }
 
 /// The processes of one scenario and the resources they share.
@@ -103,6 +108,7 @@ impl Cluster {
         Process {
             child: command.spawn().expect("process spawned"),
             http_port,
+            ops_port,
         }
     }
 
@@ -122,6 +128,23 @@ impl Cluster {
             .and_then(|a| a.http_port)
             .expect("api running");
         format!("http://127.0.0.1:{port}")
+    }
+
+    /// The operations listener of the api, or of worker `index`.
+    pub fn ops(&self, worker: Option<usize>) -> String {
+        let process = match worker {
+            None => self.api.as_ref(),
+            Some(index) => self.workers.get(index).and_then(Option::as_ref),
+        };
+        format!(
+            "http://127.0.0.1:{}",
+            process.expect("process running").ops_port
+        )
+    }
+
+    /// Everything process `label` (`api`, `worker-0`, …) logged so far.
+    pub fn log(&self, label: &str) -> String {
+        std::fs::read_to_string(self.log_dir.join(format!("{label}.log"))).unwrap_or_default()
     }
 
     /// Starts `n` workers.

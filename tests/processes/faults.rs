@@ -1,4 +1,4 @@
-use crate::cluster::{sh, wait_port, Cluster};
+use crate::cluster::{sh, wait_port, Cluster, SERIAL};
 use crate::load::{audit, push, Submission, Tenant, Verdict};
 use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
@@ -7,11 +7,7 @@ use lapin::{
 };
 use std::time::Duration;
 use sync_ingest::app::topology;
-use tokio::sync::Mutex;
 use uuid::Uuid;
-
-/// Scenarios disturb shared services (and load the machine): one at a time.
-static SERIAL: Mutex<()> = Mutex::const_new(());
 
 const PIECES_PER_BATCH: usize = 20;
 
