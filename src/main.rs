@@ -34,6 +34,10 @@ enum Command {
     Worker,
     /// Apply database migrations and exit.
     Migrate,
+    /// Load files of items into the service: batches, retries, progress.
+    Push(sync_ingest::push::PushArgs),
+    /// Measure intake, drain and end-to-end speed against raw limits.
+    Bench(sync_ingest::bench::BenchArgs),
     /// Manage API keys.
     #[command(subcommand, name = "api-key")]
     ApiKey(ApiKeyCommand),
@@ -75,6 +79,8 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::ApiKey(command) => api_key_command(&settings, command).await,
+        Command::Push(_args) => bail!("push: not implemented yet"),
+        Command::Bench(_args) => bail!("bench: not implemented yet"),
     }
 }
 
