@@ -80,7 +80,11 @@ async fn main() -> Result<()> {
         }
         Command::ApiKey(command) => api_key_command(&settings, command).await,
         Command::Push(_args) => bail!("push: not implemented yet"),
-        Command::Bench(_args) => bail!("bench: not implemented yet"),
+        Command::Bench(args) => {
+            let report = sync_ingest::bench::run(args, settings).await?;
+            println!("{}", sync_ingest::bench::summary(&report));
+            Ok(())
+        }
     }
 }
 

@@ -1,6 +1,226 @@
-//! `sync-ingest bench`: measures the service against raw limits (issue 6).
-//! Being written.
+//! `sync-ingest bench`: measures the service against the raw limits of its
+//! own database and broker, in one run, on the same generated data, and
+//! prints each figure with its ratio to the matching raw limit.
+//!
+//! 1. raw database: the worker's upsert statement, pre-built arrays, several
+//!    connections;
+//! 2. raw broker: the same message bodies published with pipelined confirms
+//!    to a quorum queue, then consumed;
+//! 3. intake: concurrent POSTs to a real `sync-ingest api` with no worker;
+//! 4. drain: a `sync-ingest worker` applying that backlog;
+//! 5. end to end: api and worker together under sustained load.
+
+mod data;
+mod raw;
+mod service;
+mod stats;
+
+use crate::config::Settings;
+use serde::Serialize;
+use stats::{Latency, Rate};
+use std::time::{Duration, Instant};
 
 /// Arguments of `sync-ingest bench`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Pieces per phase.
+    #[arg(long, default_value_t = 40_000)]
+    pub items: usize,
+    /// Pieces per batch (request / message).
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+    /// Companies pushing at once (spread over the shards).
+    #[arg(long, default_value_t = 8)]
+    pub tenants: usize,
+    /// Share of items in a tenant's later batches that update earlier ones.
+    #[arg(long, default_value_t = 0.5)]
+    pub update_ratio: f64,
+    /// Connections driving the raw database baseline.
+    #[arg(long, default_value_t = 4)]
+    pub db_connections: usize,
+    /// Concurrent HTTP requests during intake and end to end.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Unconfirmed publishes in flight in the raw broker baseline.
+    #[arg(long, default_value_t = 64)]
+    pub publish_window: usize,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "bench-report.json")]
+    pub report: std::path::PathBuf,
+    /// A seconds-long smoke run (small data; figures mean little).
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// Why a benchmark run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("broker: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("broker: {0}")]
+    Broker(String),
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("service: {0}")]
+    Service(String),
+    #[error("a benchmark task failed: {0}")]
+    Task(String),
+    #[error("a work queue lock was poisoned")]
+    Poisoned,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub items: usize,
+    pub batch_size: usize,
+    pub tenants: usize,
+    pub update_ratio: f64,
+    pub shards: u16,
+    pub approx_item_bytes: usize,
+    pub raw_db_upsert: Rate,
+    pub raw_broker_publish: Rate,
+    pub raw_broker_consume: Rate,
+    pub intake: Rate,
+    pub intake_latency: Latency,
+    pub api_peak_rss_mb: Option<f64>,
+    pub drain: Rate,
+    pub worker_peak_rss_mb: Option<f64>,
+    pub end_to_end: Rate,
+    pub end_to_end_job_latency: Latency,
+    pub ratios: Ratios,
+}
+
+/// The figures that matter, as fractions of their raw limits.
+#[derive(Debug, Serialize)]
+pub struct Ratios {
+    pub intake_vs_broker_publish: f64,
+    pub drain_vs_db_upsert: f64,
+    pub end_to_end_vs_db_upsert: f64,
+}
+
+fn mb(bytes: Option<u64>) -> Option<f64> {
+    bytes.map(|b| b as f64 / (1024.0 * 1024.0))
+}
+
+/// Runs every phase and writes the report.
+pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> {
+    let (items, batch_size) = if args.quick {
+        (2_000, 500)
+    } else {
+        (args.items, args.batch_size)
+    };
+    let loads = data::generate(items, batch_size, args.tenants, args.update_ratio);
+    let items: usize = loads.iter().map(|l| l.items()).sum();
+    let sample_bytes = data::request_body(&loads[0].batches[0]).len() / loads[0].batches[0].len().max(1);
+    eprintln!(
+        "bench: {items} pieces (~{sample_bytes} B each), batches of {batch_size}, {} tenants, {} shards",
+        args.tenants, base.shards
+    );
+
+    // 1. Raw database.
+    let stack = service::Stack::new(&base, "rawdb").await?;
+    let raw_db = raw::database(&stack.pool, &loads, args.db_connections).await?;
+    stack.teardown().await;
+    eprintln!("bench: raw db upsert      {:>9.0} items/s", raw_db.items_per_sec);
+
+    // 2. Raw broker.
+    let bodies = raw::message_bodies(&loads);
+    let queue = format!("bench_raw_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let broker = raw::broker(&base.amqp_url, &queue, &bodies, args.publish_window).await?;
+    eprintln!(
+        "bench: raw broker publish  {:>9.0} items/s, consume {:.0} items/s",
+        broker.publish.items_per_sec, broker.consume.items_per_sec
+    );
+
+    // 3. Intake, then 4. drain, on one stack.
+    let mut stack = service::Stack::new(&base, "intake").await?;
+    stack.start_api().await?;
+    let (intake, intake_latency) = stack.submit(&loads, args.concurrency).await?;
+    let (api_rss, _) = stack.peak_rss();
+    eprintln!(
+        "bench: intake             {:>9.0} items/s (p50 {:.1} ms, p99 {:.1} ms)",
+        intake.items_per_sec, intake_latency.p50_ms, intake_latency.p99_ms
+    );
+    let drain_started = Instant::now();
+    stack.start_worker()?;
+    stack.wait_drained(Duration::from_secs(900)).await?;
+    let drain = Rate::new(items, drain_started.elapsed());
+    let (_, worker_rss) = stack.peak_rss();
+    stack.teardown().await;
+    eprintln!("bench: drain              {:>9.0} items/s", drain.items_per_sec);
+
+    // 5. End to end.
+    let mut stack = service::Stack::new(&base, "e2e").await?;
+    stack.start_api().await?;
+    stack.start_worker()?;
+    let started = Instant::now();
+    stack.submit(&loads, args.concurrency).await?;
+    stack.wait_drained(Duration::from_secs(900)).await?;
+    let end_to_end = Rate::new(items, started.elapsed());
+    let end_to_end_job_latency = stack.job_latencies().await?;
+    stack.teardown().await;
+    eprintln!(
+        "bench: end to end         {:>9.0} items/s (job p99 {:.0} ms)",
+        end_to_end.items_per_sec, end_to_end_job_latency.p99_ms
+    );
+
+    let ratios = Ratios {
+        intake_vs_broker_publish: intake.items_per_sec / broker.publish.items_per_sec,
+        drain_vs_db_upsert: drain.items_per_sec / raw_db.items_per_sec,
+        end_to_end_vs_db_upsert: end_to_end.items_per_sec / raw_db.items_per_sec,
+    };
+    let report = Report {
+        items,
+        batch_size,
+        tenants: args.tenants,
+        update_ratio: args.update_ratio,
+        shards: base.shards,
+        approx_item_bytes: sample_bytes,
+        raw_db_upsert: raw_db,
+        raw_broker_publish: broker.publish,
+        raw_broker_consume: broker.consume,
+        intake,
+        intake_latency,
+        api_peak_rss_mb: mb(api_rss),
+        drain,
+        worker_peak_rss_mb: mb(worker_rss),
+        end_to_end,
+        end_to_end_job_latency,
+        ratios,
+    };
+    let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+    std::fs::write(&args.report, &json)?;
+    Ok(report)
+}
+
+/// The human summary printed at the end of a run.
+pub fn summary(report: &Report) -> String {
+    let r = &report.ratios;
+    format!(
+        "intake     {:>9.0} items/s = {:.2} × raw broker publish ({:.0}/s); api peak RSS {}\n\
+         drain      {:>9.0} items/s = {:.2} × raw db upsert ({:.0}/s); worker peak RSS {}\n\
+         end to end {:>9.0} items/s = {:.2} × raw db upsert; job latency p99 {:.0} ms",
+        report.intake.items_per_sec,
+        r.intake_vs_broker_publish,
+        report.raw_broker_publish.items_per_sec,
+        report
+            .api_peak_rss_mb
+            .map_or("n/a".into(), |m| format!("{m:.0} MB")),
+        report.drain.items_per_sec,
+        r.drain_vs_db_upsert,
+        report.raw_db_upsert.items_per_sec,
+        report
+            .worker_peak_rss_mb
+            .map_or("n/a".into(), |m| format!("{m:.0} MB")),
+        report.end_to_end.items_per_sec,
+        r.end_to_end_vs_db_upsert,
+        report.end_to_end_job_latency.p99_ms,
+    )
+}

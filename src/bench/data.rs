@@ -1,0 +1,92 @@
+//! The benchmark's data: realistic pieces (~400 bytes of JSON each), in
+//! batches, for several tenants, with a chosen share of updates.
+
+use crate::domain::Piece;
+use serde_json::json;
+use uuid::Uuid;
+
+/// One tenant's batches, in submission order.
+#[derive(Debug, Clone)]
+pub struct TenantLoad {
+    pub company: Uuid,
+    pub batches: Vec<Vec<Piece>>,
+}
+
+impl TenantLoad {
+    /// Items across every batch.
+    pub fn items(&self) -> usize {
+        self.batches.iter().map(Vec::len).sum()
+    }
+}
+
+/// Generates `total` pieces split over `tenants` tenants in batches of
+/// `batch`; in every batch after a tenant's first, `update_ratio` of the
+/// items reuse GUIDs that tenant already sent (so they are updates).
+pub fn generate(total: usize, batch: usize, tenants: usize, update_ratio: f64) -> Vec<TenantLoad> {
+    let tenants = tenants.max(1);
+    let per_tenant = total.div_ceil(tenants);
+    (0..tenants)
+        .map(|t| {
+            let company = Uuid::now_v7();
+            let assembly = Uuid::now_v7();
+            let article = Uuid::now_v7();
+            let mut sent: Vec<Uuid> = Vec::new();
+            let mut batches = Vec::new();
+            let mut produced = 0;
+            let mut seq = 0u64;
+            while produced < per_tenant {
+                let size = batch.min(per_tenant - produced);
+                let updates = if sent.is_empty() {
+                    0
+                } else {
+                    ((size as f64) * update_ratio) as usize
+                };
+                let mut items = Vec::with_capacity(size);
+                for i in 0..size {
+                    seq += 1;
+                    let guid = if i < updates {
+                        sent[(seq as usize * 7919) % sent.len()]
+                    } else {
+                        let guid = Uuid::now_v7();
+                        sent.push(guid);
+                        guid
+                    };
+                    items.push(piece(guid, company, assembly, article, t, seq));
+                }
+                // An update batch must not name one GUID twice.
+                items.sort_by_key(|p| p.guid);
+                items.dedup_by_key(|p| p.guid);
+                produced += items.len();
+                batches.push(items);
+            }
+            TenantLoad { company, batches }
+        })
+        .collect()
+}
+
+fn piece(guid: Uuid, company: Uuid, assembly: Uuid, article: Uuid, tenant: usize, seq: u64) -> Piece {
+    Piece {
+        guid,
+        company_guid: company,
+        assembly_guid: assembly,
+        article_guid: Some(article),
+        mark: format!("T{tenant}-P{seq:07}"),
+        quantity: 1 + (seq % 7) as i32,
+        length_mm: Some(1000.0 + (seq % 5000) as f64),
+        width_mm: Some(200.0),
+        height_mm: Some(10.0 + (seq % 40) as f64),
+        weight_kg: Some(12.5 + (seq % 100) as f64 / 10.0),
+        attributes: Some(json!({
+            "profile": "HEA200",
+            "grade": "S355J2",
+            "finish": "hot-dip galvanized",
+            "phase": seq % 12,
+            "drawing": format!("DWG-{tenant}-{:05}", seq % 10_000),
+        })),
+    }
+}
+
+/// A batch as the HTTP body a client would send.
+pub fn request_body(items: &[Piece]) -> Vec<u8> {
+    serde_json::to_vec(items).unwrap_or_default()
+}

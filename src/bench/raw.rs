@@ -1,0 +1,159 @@
+//! The raw limits the service is measured against: the worker's upsert
+//! statement driven directly, and the broker with pipelined confirms.
+
+use super::{data::TenantLoad, stats::Rate, BenchError};
+use crate::{
+    domain::Batch,
+    queue::{BatchMessage, MESSAGE_VERSION},
+    store,
+};
+use futures_util::{stream::FuturesUnordered, StreamExt};
+use lapin::{
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable},
+    BasicProperties, Connection, ConnectionProperties,
+};
+use sqlx::{Acquire, PgPool};
+use std::{
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+use uuid::Uuid;
+
+/// Upserts every batch with `store::upsert_batch`, one transaction per
+/// batch, from `connections` connections at once.
+pub async fn database(pool: &PgPool, loads: &[TenantLoad], connections: usize) -> Result<Rate, BenchError> {
+    let work: Vec<Batch> = loads
+        .iter()
+        .flat_map(|l| l.batches.iter().cloned().map(Batch::Pieces))
+        .collect();
+    let items: usize = work.iter().map(Batch::len).sum();
+    let queue = Arc::new(Mutex::new(work.into_iter()));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections.max(1) {
+        let pool = pool.clone();
+        let queue = queue.clone();
+        tasks.spawn(async move {
+            let mut conn = pool.acquire().await?;
+            loop {
+                let next = queue.lock().map_err(|_| BenchError::Poisoned)?.next();
+                let Some(batch) = next else { break };
+                let mut tx = conn.begin().await?;
+                store::upsert_batch(&mut tx, &batch).await?;
+                tx.commit().await?;
+            }
+            Ok::<(), BenchError>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| BenchError::Task(e.to_string()))??;
+    }
+    Ok(Rate::new(items, started.elapsed()))
+}
+
+/// The message bodies the api would publish for these loads.
+pub fn message_bodies(loads: &[TenantLoad]) -> Vec<(usize, Vec<u8>)> {
+    loads
+        .iter()
+        .flat_map(|l| {
+            l.batches.iter().map(move |items| {
+                let message = BatchMessage {
+                    version: MESSAGE_VERSION,
+                    correlation_id: Uuid::now_v7(),
+                    company_guid: l.company,
+                    dry_run: false,
+                    batch: Batch::Pieces(items.clone()),
+                };
+                (items.len(), message.to_json())
+            })
+        })
+        .collect()
+}
+
+/// Raw broker limits: (publish, consume).
+pub struct BrokerRates {
+    pub publish: Rate,
+    pub consume: Rate,
+}
+
+/// Publishes `bodies` persistently to a quorum queue with confirms, up to
+/// `window` unconfirmed at once, then consumes and acks them all.
+pub async fn broker(url: &str, queue: &str, bodies: &[(usize, Vec<u8>)], window: usize) -> Result<BrokerRates, BenchError> {
+    let items: usize = bodies.iter().map(|(n, _)| n).sum();
+    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await?;
+
+    let started = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    for (_, body) in bodies {
+        if in_flight.len() >= window {
+            if let Some(confirm) = in_flight.next().await {
+                check_ack(confirm)?;
+            }
+        }
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into()),
+            )
+            .await?;
+        in_flight.push(confirm);
+    }
+    while let Some(confirm) = in_flight.next().await {
+        check_ack(confirm)?;
+    }
+    let publish = Rate::new(items, started.elapsed());
+
+    let consumer_channel = connection.create_channel().await?;
+    consumer_channel
+        .basic_qos(100, BasicQosOptions::default())
+        .await?;
+    let mut consumer = consumer_channel
+        .basic_consume(
+            queue.into(),
+            "bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let started = Instant::now();
+    for _ in 0..bodies.len() {
+        let Some(delivery) = consumer.next().await else { break };
+        delivery?.ack(BasicAckOptions::default()).await?;
+    }
+    let consume = Rate::new(items, started.elapsed());
+    let _ = channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await;
+    let _ = connection.close(200, "bench done".into()).await;
+    Ok(BrokerRates { publish, consume })
+}
+
+fn check_ack(confirm: lapin::Result<lapin::Confirmation>) -> Result<(), BenchError> {
+    match confirm? {
+        lapin::Confirmation::Ack(None) => Ok(()),
+        other => Err(BenchError::Broker(format!("publish not acked: {other:?}"))),
+    }
+}

@@ -1,0 +1,273 @@
+//! The service measured as users run it: `sync-ingest api` and `worker`
+//! child processes (this same executable) on their own database and queue
+//! prefix, driven over HTTP.
+
+use super::{
+    data::{request_body, TenantLoad},
+    stats::{Latency, Rate},
+    BenchError,
+};
+use crate::{app::topology, auth::api_key, config::Settings, store};
+use sqlx::PgPool;
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// A throw-away deployment: its own database, prefix and processes.
+pub struct Stack {
+    settings: Settings,
+    database: String,
+    pub pool: PgPool,
+    api: Option<(Child, u16)>,
+    workers: Vec<Child>,
+}
+
+fn free_port() -> Result<u16, BenchError> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Peak resident memory of a process in bytes (`VmHWM`), Linux only.
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+impl Stack {
+    /// Creates the database (migrated) for a stack derived from `base`.
+    pub async fn new(base: &Settings, name: &str) -> Result<Stack, BenchError> {
+        let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+        let mut settings = base.clone();
+        let database = format!("sync_bench_{name}_{id}");
+        let server = base
+            .database_url
+            .rsplit_once('/')
+            .map_or(base.database_url.as_str(), |(server, _)| server);
+        settings.database_url = format!("{server}/{database}");
+        settings.queue_prefix = format!("bench_{name}_{id}");
+        let pool = store::connect_and_migrate(&settings.database_url, 8).await?;
+        Ok(Stack {
+            settings,
+            database,
+            pool,
+            api: None,
+            workers: Vec::new(),
+        })
+    }
+
+    fn spawn(&self, role: &str, http_port: Option<u16>) -> Result<Child, BenchError> {
+        let exe = std::env::current_exe()?;
+        let mut command = Command::new(exe);
+        command
+            .arg(role)
+            .env("DATABASE_URL", &self.settings.database_url)
+            .env("AMQP_URL", &self.settings.amqp_url)
+            .env("SYNC_QUEUE_PREFIX", &self.settings.queue_prefix)
+            .env("SYNC_SHARDS", self.settings.shards.to_string())
+            .env("SYNC_OPS_ADDR", format!("127.0.0.1:{}", free_port()?))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(port) = http_port {
+            command.env("SYNC_HTTP_ADDR", format!("127.0.0.1:{port}"));
+        }
+        Ok(command.spawn()?)
+    }
+
+    /// Starts the api and waits until it is ready.
+    pub async fn start_api(&mut self) -> Result<(), BenchError> {
+        let port = free_port()?;
+        self.api = Some((self.spawn("api", Some(port))?, port));
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            let ready = client
+                .get(format!("http://127.0.0.1:{port}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(BenchError::Service("the api did not become ready".into()))
+    }
+
+    /// Starts one worker process (it consumes every shard).
+    pub fn start_worker(&mut self) -> Result<(), BenchError> {
+        let worker = self.spawn("worker", None)?;
+        self.workers.push(worker);
+        Ok(())
+    }
+
+    /// Peak RSS of the api and of the first worker.
+    pub fn peak_rss(&self) -> (Option<u64>, Option<u64>) {
+        (
+            self.api.as_ref().and_then(|(c, _)| peak_rss(c.id())),
+            self.workers.first().and_then(|c| peak_rss(c.id())),
+        )
+    }
+
+    fn base_url(&self) -> Result<String, BenchError> {
+        let (_, port) = self.api.as_ref().ok_or_else(|| BenchError::Service("no api".into()))?;
+        Ok(format!("http://127.0.0.1:{port}"))
+    }
+
+    /// POSTs every batch, `concurrency` at a time (each tenant's batches in
+    /// order), and returns the accepted rate and the request latencies.
+    pub async fn submit(&self, loads: &[TenantLoad], concurrency: usize) -> Result<(Rate, Latency), BenchError> {
+        let base = self.base_url()?;
+        let mut tokens = Vec::new();
+        for load in loads {
+            let key = api_key::issue(&self.pool, load.company, &["sync:write".to_owned()], Some("bench")).await?;
+            tokens.push(key.token);
+        }
+        // Interleave tenants so every shard has work from the start.
+        let mut work = Vec::new();
+        let longest = loads.iter().map(|l| l.batches.len()).max().unwrap_or(0);
+        for round in 0..longest {
+            for (load, token) in loads.iter().zip(&tokens) {
+                if let Some(batch) = load.batches.get(round) {
+                    work.push((token.clone(), batch.len(), request_body(batch)));
+                }
+            }
+        }
+        let work = Arc::new(Mutex::new(work.into_iter()));
+        let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..concurrency.max(1) {
+            let work = work.clone();
+            let client = client.clone();
+            let url = format!("{base}/api/v1/sync/pieces");
+            tasks.spawn(async move {
+                let mut latencies = Vec::new();
+                let mut accepted = 0usize;
+                loop {
+                    let next = work.lock().map_err(|_| BenchError::Poisoned)?.next();
+                    let Some((token, items, body)) = next else { break };
+                    let sent = Instant::now();
+                    let response = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await?;
+                    latencies.push(sent.elapsed());
+                    if response.status() != reqwest::StatusCode::ACCEPTED {
+                        return Err(BenchError::Service(format!(
+                            "submission answered {}",
+                            response.status()
+                        )));
+                    }
+                    accepted += items;
+                }
+                Ok::<_, BenchError>((accepted, latencies))
+            });
+        }
+        let mut accepted = 0;
+        let mut latencies = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            let (items, samples) = done.map_err(|e| BenchError::Task(e.to_string()))??;
+            accepted += items;
+            latencies.extend(samples);
+        }
+        Ok((Rate::new(accepted, started.elapsed()), Latency::of(latencies)))
+    }
+
+    /// Waits until every job is finished; fails if any failed.
+    pub async fn wait_drained(&self, limit: Duration) -> Result<(), BenchError> {
+        let started = Instant::now();
+        loop {
+            let (open, failed): (i64, i64) = sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE status IN ('queued', 'processing')), \
+                        count(*) FILTER (WHERE status = 'failed') FROM sync_jobs",
+            )
+            .fetch_one(&self.pool)
+            .await?;
+            if failed > 0 {
+                return Err(BenchError::Service(format!("{failed} jobs failed")));
+            }
+            if open == 0 {
+                return Ok(());
+            }
+            if started.elapsed() > limit {
+                return Err(BenchError::Service(format!("{open} jobs still open after {limit:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Time from submission to completion of every job.
+    pub async fn job_latencies(&self) -> Result<Latency, BenchError> {
+        let millis: Vec<f64> = sqlx::query_scalar(
+            "SELECT (extract(epoch FROM completed_at - submitted_at) * 1000)::float8 FROM sync_jobs",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Latency::of(
+            millis
+                .into_iter()
+                .map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0))
+                .collect(),
+        ))
+    }
+
+    /// Stops the processes and removes the database and queues.
+    pub async fn teardown(mut self) {
+        if let Some((mut api, _)) = self.api.take() {
+            let _ = api.kill();
+            let _ = api.wait();
+        }
+        for mut worker in self.workers.drain(..) {
+            let _ = worker.kill();
+            let _ = worker.wait();
+        }
+        self.pool.close().await;
+        let topology = topology(&self.settings);
+        if let Ok(connection) =
+            lapin::Connection::connect(&self.settings.amqp_url, lapin::ConnectionProperties::default()).await
+        {
+            if let Ok(channel) = connection.create_channel().await {
+                for queue in topology.all_queues() {
+                    let _ = channel.queue_delete(queue.into(), Default::default()).await;
+                }
+                for exchange in topology.all_exchanges() {
+                    let _ = channel.exchange_delete(exchange.into(), Default::default()).await;
+                }
+            }
+            let _ = connection.close(200, "bench done".into()).await;
+        }
+        drop_database(&self.settings.database_url, &self.database).await;
+    }
+}
+
+/// Drops a benchmark database (connecting to `postgres` on the same server).
+pub async fn drop_database(url: &str, database: &str) {
+    let admin = url
+        .rsplit_once('/')
+        .map_or(url.to_owned(), |(server, _)| format!("{server}/postgres"));
+    if let Ok(pool) = PgPool::connect(&admin).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"))
+            .execute(&pool)
+            .await;
+        pool.close().await;
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some((api, _)) = &mut self.api {
+            let _ = api.kill();
+        }
+        for worker in &mut self.workers {
+            let _ = worker.kill();
+        }
+    }
+}
