@@ -15,6 +15,9 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
+/// Database connections per process.
+const POOL_SIZE: u32 = 16;
+
 /// Which parts run in this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -75,7 +78,7 @@ impl Service {
     pub async fn start(settings: Settings, mode: Mode) -> Result<Service, StartError> {
         crate::telemetry::prometheus();
         let settings = Arc::new(settings);
-        let pool = store::connect_and_migrate(&settings.database_url, 16).await?;
+        let pool = store::connect_and_migrate(&settings.database_url, POOL_SIZE).await?;
         let name = match mode {
             Mode::All => "sync-ingest all",
             Mode::Api => "sync-ingest api",
@@ -109,6 +112,7 @@ impl Service {
             auth: Authenticator::new(pool.clone(), jwt),
             waiters: JobWaiters::default(),
             backlog: Backlog::default(),
+            keyed_submissions: Arc::new(tokio::sync::Semaphore::new(POOL_SIZE as usize / 2)),
         };
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -122,12 +126,24 @@ impl Service {
         ));
         tasks.spawn(crate::telemetry::sample_pool(pool.clone(), stop.clone()));
         if mode != Mode::Worker {
+            let (bound, mut listening) = tokio::sync::watch::channel(false);
             tasks.spawn(results::listen(
                 settings.amqp_url.clone(),
                 topology(&settings),
                 state.waiters.clone(),
+                bound,
                 stop.clone(),
             ));
+            // Serve only once results can be heard, so `Prefer: wait` never
+            // misses an early one; a broker that is down delays start-up by
+            // at most the confirm timeout.
+            let heard = listening.wait_for(|bound| *bound);
+            if tokio::time::timeout(settings.confirm_timeout(), heard)
+                .await
+                .is_err()
+            {
+                tracing::warn!("results listener not bound yet; serving anyway");
+            }
             tasks.spawn(backlog::run(
                 settings.amqp_url.clone(),
                 topology(&settings),

@@ -18,4 +18,8 @@ pub struct AppState {
     pub waiters: JobWaiters,
     /// Latest queue depths and drain rates.
     pub backlog: Backlog,
+    /// A keyed submission holds one pooled connection (its key's lock) while
+    /// it takes others; bounding how many run at once keeps them from
+    /// taking the whole pool and waiting on each other.
+    pub keyed_submissions: Arc<tokio::sync::Semaphore>,
 }

@@ -100,7 +100,14 @@ pub async fn submit(
     // Registered before publishing, so a quick result cannot slip past.
     let waiter = wait.map(|_| state.waiters.register(correlation_id));
     let (accepted, replayed) = match key {
-        Some(key) => submit_once(&state, &principal, &key, submission, correlation_id).await?,
+        Some(key) => {
+            let _permit = state
+                .keyed_submissions
+                .acquire()
+                .await
+                .map_err(|_| ApiError::Internal("submission limiter closed".into()))?;
+            submit_once(&state, &principal, &key, submission, correlation_id).await?
+        }
         None => (
             submit_new(&state, &principal, submission, correlation_id).await?,
             false,
@@ -292,8 +299,14 @@ async fn respond(
 ) -> Result<Response, ApiError> {
     let waited = wait.as_ref().map(|(secs, _)| *secs);
     if let Some((secs, mut waiter)) = wait {
-        if !accepted.job.status.is_finished() {
-            waiter.wait(prefer::wait_duration(secs)).await;
+        // Woken by the job's result (or by the listener reconnecting): read
+        // the row, and keep waiting until it is finished or time is up.
+        let deadline = tokio::time::Instant::now() + prefer::wait_duration(secs);
+        while !accepted.job.status.is_finished() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() || !waiter.wait(left).await {
+                break;
+            }
             if let Some(job) =
                 jobs::find_visible(&state.pool, accepted.job.correlation_id, None).await?
             {

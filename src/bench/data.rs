@@ -64,7 +64,14 @@ pub fn generate(total: usize, batch: usize, tenants: usize, update_ratio: f64) -
         .collect()
 }
 
-fn piece(guid: Uuid, company: Uuid, assembly: Uuid, article: Uuid, tenant: usize, seq: u64) -> Piece {
+fn piece(
+    guid: Uuid,
+    company: Uuid,
+    assembly: Uuid,
+    article: Uuid,
+    tenant: usize,
+    seq: u64,
+) -> Piece {
     Piece {
         guid,
         company_guid: company,

@@ -118,7 +118,8 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
     };
     let loads = data::generate(items, batch_size, args.tenants, args.update_ratio);
     let items: usize = loads.iter().map(|l| l.items()).sum();
-    let sample_bytes = data::request_body(&loads[0].batches[0]).len() / loads[0].batches[0].len().max(1);
+    let sample_bytes =
+        data::request_body(&loads[0].batches[0]).len() / loads[0].batches[0].len().max(1);
     eprintln!(
         "bench: {items} pieces (~{sample_bytes} B each), batches of {batch_size}, {} tenants, {} shards",
         args.tenants, base.shards
@@ -128,11 +129,17 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
     let stack = service::Stack::new(&base, "rawdb").await?;
     let raw_db = raw::database(&stack.pool, &loads, args.db_connections).await?;
     stack.teardown().await;
-    eprintln!("bench: raw db upsert      {:>9.0} items/s", raw_db.items_per_sec);
+    eprintln!(
+        "bench: raw db upsert      {:>9.0} items/s",
+        raw_db.items_per_sec
+    );
 
     // 2. Raw broker.
     let bodies = raw::message_bodies(&loads);
-    let queue = format!("bench_raw_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let queue = format!(
+        "bench_raw_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
     let broker = raw::broker(&base.amqp_url, &queue, &bodies, args.publish_window).await?;
     eprintln!(
         "bench: raw broker publish  {:>9.0} items/s, consume {:.0} items/s",
@@ -154,7 +161,10 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
     let drain = Rate::new(items, drain_started.elapsed());
     let (_, worker_rss) = stack.peak_rss();
     stack.teardown().await;
-    eprintln!("bench: drain              {:>9.0} items/s", drain.items_per_sec);
+    eprintln!(
+        "bench: drain              {:>9.0} items/s",
+        drain.items_per_sec
+    );
 
     // 5. End to end.
     let mut stack = service::Stack::new(&base, "e2e").await?;

@@ -25,7 +25,11 @@ use uuid::Uuid;
 
 /// Upserts every batch with `store::upsert_batch`, one transaction per
 /// batch, from `connections` connections at once.
-pub async fn database(pool: &PgPool, loads: &[TenantLoad], connections: usize) -> Result<Rate, BenchError> {
+pub async fn database(
+    pool: &PgPool,
+    loads: &[TenantLoad],
+    connections: usize,
+) -> Result<Rate, BenchError> {
     let work: Vec<Batch> = loads
         .iter()
         .flat_map(|l| l.batches.iter().cloned().map(Batch::Pieces))
@@ -82,13 +86,23 @@ pub struct BrokerRates {
 
 /// Publishes `bodies` persistently to a quorum queue with confirms, up to
 /// `window` unconfirmed at once, then consumes and acks them all.
-pub async fn broker(url: &str, queue: &str, bodies: &[(usize, Vec<u8>)], window: usize) -> Result<BrokerRates, BenchError> {
+pub async fn broker(
+    url: &str,
+    queue: &str,
+    bodies: &[(usize, Vec<u8>)],
+    window: usize,
+) -> Result<BrokerRates, BenchError> {
     let items: usize = bodies.iter().map(|(n, _)| n).sum();
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     channel
         .queue_declare(
             queue.into(),
@@ -140,7 +154,9 @@ pub async fn broker(url: &str, queue: &str, bodies: &[(usize, Vec<u8>)], window:
         .await?;
     let started = Instant::now();
     for _ in 0..bodies.len() {
-        let Some(delivery) = consumer.next().await else { break };
+        let Some(delivery) = consumer.next().await else {
+            break;
+        };
         delivery?.ack(BasicAckOptions::default()).await?;
     }
     let consume = Rate::new(items, started.elapsed());

@@ -114,17 +114,30 @@ impl Stack {
     }
 
     fn base_url(&self) -> Result<String, BenchError> {
-        let (_, port) = self.api.as_ref().ok_or_else(|| BenchError::Service("no api".into()))?;
+        let (_, port) = self
+            .api
+            .as_ref()
+            .ok_or_else(|| BenchError::Service("no api".into()))?;
         Ok(format!("http://127.0.0.1:{port}"))
     }
 
     /// POSTs every batch, `concurrency` at a time (each tenant's batches in
     /// order), and returns the accepted rate and the request latencies.
-    pub async fn submit(&self, loads: &[TenantLoad], concurrency: usize) -> Result<(Rate, Latency), BenchError> {
+    pub async fn submit(
+        &self,
+        loads: &[TenantLoad],
+        concurrency: usize,
+    ) -> Result<(Rate, Latency), BenchError> {
         let base = self.base_url()?;
         let mut tokens = Vec::new();
         for load in loads {
-            let key = api_key::issue(&self.pool, load.company, &["sync:write".to_owned()], Some("bench")).await?;
+            let key = api_key::issue(
+                &self.pool,
+                load.company,
+                &["sync:write".to_owned()],
+                Some("bench"),
+            )
+            .await?;
             tokens.push(key.token);
         }
         // Interleave tenants so every shard has work from the start.
@@ -138,7 +151,9 @@ impl Stack {
             }
         }
         let work = Arc::new(Mutex::new(work.into_iter()));
-        let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(concurrency)
+            .build()?;
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..concurrency.max(1) {
@@ -150,7 +165,9 @@ impl Stack {
                 let mut accepted = 0usize;
                 loop {
                     let next = work.lock().map_err(|_| BenchError::Poisoned)?.next();
-                    let Some((token, items, body)) = next else { break };
+                    let Some((token, items, body)) = next else {
+                        break;
+                    };
                     let sent = Instant::now();
                     let response = client
                         .post(&url)
@@ -178,7 +195,10 @@ impl Stack {
             accepted += items;
             latencies.extend(samples);
         }
-        Ok((Rate::new(accepted, started.elapsed()), Latency::of(latencies)))
+        Ok((
+            Rate::new(accepted, started.elapsed()),
+            Latency::of(latencies),
+        ))
     }
 
     /// Waits until every job is finished; fails if any failed.
@@ -198,7 +218,9 @@ impl Stack {
                 return Ok(());
             }
             if started.elapsed() > limit {
-                return Err(BenchError::Service(format!("{open} jobs still open after {limit:?}")));
+                return Err(BenchError::Service(format!(
+                    "{open} jobs still open after {limit:?}"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -231,15 +253,20 @@ impl Stack {
         }
         self.pool.close().await;
         let topology = topology(&self.settings);
-        if let Ok(connection) =
-            lapin::Connection::connect(&self.settings.amqp_url, lapin::ConnectionProperties::default()).await
+        if let Ok(connection) = lapin::Connection::connect(
+            &self.settings.amqp_url,
+            lapin::ConnectionProperties::default(),
+        )
+        .await
         {
             if let Ok(channel) = connection.create_channel().await {
                 for queue in topology.all_queues() {
                     let _ = channel.queue_delete(queue.into(), Default::default()).await;
                 }
                 for exchange in topology.all_exchanges() {
-                    let _ = channel.exchange_delete(exchange.into(), Default::default()).await;
+                    let _ = channel
+                        .exchange_delete(exchange.into(), Default::default())
+                        .await;
                 }
             }
             let _ = connection.close(200, "bench done".into()).await;
@@ -254,9 +281,11 @@ pub async fn drop_database(url: &str, database: &str) {
         .rsplit_once('/')
         .map_or(url.to_owned(), |(server, _)| format!("{server}/postgres"));
     if let Ok(pool) = PgPool::connect(&admin).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"))
-            .execute(&pool)
-            .await;
+        let _ = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+        ))
+        .execute(&pool)
+        .await;
         pool.close().await;
     }
 }

@@ -21,18 +21,19 @@ use uuid::Uuid;
 /// Requests waiting for their job, by correlation id.
 #[derive(Clone, Default)]
 pub struct JobWaiters {
-    waiting: Arc<Mutex<HashMap<Uuid, watch::Sender<bool>>>>,
+    waiting: Arc<Mutex<HashMap<Uuid, watch::Sender<u64>>>>,
 }
 
 /// One request's wait; dropping it unregisters.
 pub struct Waiter {
     id: Uuid,
-    finished: watch::Receiver<bool>,
+    /// Bumped on every notification for this job.
+    notified: watch::Receiver<u64>,
     waiters: JobWaiters,
 }
 
 impl JobWaiters {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, watch::Sender<bool>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, watch::Sender<u64>>> {
         // A poisoned map only means a panic elsewhere while it was held; the
         // map itself is still consistent (single inserts and removes).
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
@@ -41,19 +42,19 @@ impl JobWaiters {
     /// Registers interest in `id` (before its message is published, so the
     /// result cannot slip past).
     pub fn register(&self, id: Uuid) -> Waiter {
-        let (sender, finished) = watch::channel(false);
+        let (sender, notified) = watch::channel(0);
         let mut waiting = self.lock();
-        let finished = match waiting.get(&id) {
+        let notified = match waiting.get(&id) {
             Some(existing) => existing.subscribe(),
             None => {
                 waiting.insert(id, sender);
-                finished
+                notified
             }
         };
         metrics::gauge!(m::WAITING_REQUESTS).set(waiting.len() as f64);
         Waiter {
             id,
-            finished,
+            notified,
             waiters: self.clone(),
         }
     }
@@ -61,7 +62,15 @@ impl JobWaiters {
     /// Wakes whoever waits for `id`.
     pub fn notify(&self, id: Uuid) {
         if let Some(sender) = self.lock().get(&id) {
-            let _ = sender.send(true);
+            sender.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Wakes every waiting request, so each reads its job once: after the
+    /// listener (re)connects, results published meanwhile were not heard.
+    pub fn notify_all(&self) {
+        for sender in self.lock().values() {
+            sender.send_modify(|n| *n += 1);
         }
     }
 
@@ -77,10 +86,11 @@ impl JobWaiters {
 }
 
 impl Waiter {
-    /// Waits until the job's result arrives or `limit` passes; true if it
-    /// arrived. The caller reads the job afterwards either way.
+    /// Waits until a notification for the job arrives or `limit` passes;
+    /// true if one arrived. The caller then reads the job: a notification
+    /// says "look again", not "finished".
     pub async fn wait(&mut self, limit: Duration) -> bool {
-        tokio::time::timeout(limit, self.finished.wait_for(|done| *done))
+        tokio::time::timeout(limit, self.notified.changed())
             .await
             .is_ok_and(|r| r.is_ok())
     }
@@ -101,10 +111,18 @@ impl Drop for Waiter {
 
 /// Listens to `{prefix}.results` on a private queue until `stop` fires,
 /// reconnecting after failures.
-pub async fn listen(url: String, topology: Topology, waiters: JobWaiters, stop: CancellationToken) {
+/// `bound` turns true once the private queue is bound (the api waits for
+/// that before serving, so no early result is missed).
+pub async fn listen(
+    url: String,
+    topology: Topology,
+    waiters: JobWaiters,
+    bound: watch::Sender<bool>,
+    stop: CancellationToken,
+) {
     let mut pause = Duration::from_millis(200);
     while !stop.is_cancelled() {
-        match listen_once(&url, &topology, &waiters, &stop).await {
+        match listen_once(&url, &topology, &waiters, &bound, &stop).await {
             Ok(()) => pause = Duration::from_millis(200),
             Err(error) => tracing::warn!(%error, ?pause, "results listener lost the broker"),
         }
@@ -120,6 +138,7 @@ async fn listen_once(
     url: &str,
     topology: &Topology,
     waiters: &JobWaiters,
+    bound: &watch::Sender<bool>,
     stop: &CancellationToken,
 ) -> Result<(), lapin::Error> {
     let properties =
@@ -160,8 +179,10 @@ async fn listen_once(
             FieldTable::default(),
         )
         .await?;
-    // Results published while we were away are not replayed; a waiting
-    // request reads the job row when its wait ends, so it still sees them.
+    // Results published while we were away are not replayed: every waiting
+    // request reads its job row once now, and again when its wait ends.
+    bound.send_replace(true);
+    waiters.notify_all();
     loop {
         let next = tokio::select! {
             _ = stop.cancelled() => break,

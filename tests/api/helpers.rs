@@ -311,3 +311,66 @@ pub async fn problem(response: Response, status: StatusCode, code: &str) -> Valu
     assert_eq!(body["status"], status.as_u16(), "body: {body}");
     body
 }
+
+impl TestApp {
+    /// POSTs a JSON body to `/api/v1/sync/{target}` with extra headers;
+    /// `target` may carry a query (`pieces?dry_run=true`).
+    #[allow(dead_code)]
+    pub async fn post_with(
+        &self,
+        target: &str,
+        token: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        let mut request = self
+            .client
+            .post(format!("{}/api/v1/sync/{target}", self.base))
+            .bearer_auth(token)
+            .json(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    /// Starts a worker-only service on this app's database and queues. Keep
+    /// it alive for the rest of the test; never stop it and expect another
+    /// worker to take over (a stopped worker keeps its connection open).
+    #[allow(dead_code)]
+    pub async fn spawn_worker(&self) -> Service {
+        let mut settings = self.settings.clone();
+        settings.ops_addr = Some("127.0.0.1:0".parse().unwrap());
+        Service::start(settings, Mode::Worker)
+            .await
+            .expect("worker starts")
+    }
+
+    /// A connection to the test's broker.
+    #[allow(dead_code)]
+    pub async fn amqp(&self) -> Connection {
+        Connection::connect(&self.settings.amqp_url, ConnectionProperties::default())
+            .await
+            .expect("broker reachable")
+    }
+
+    /// Ready messages in `queue` (a passive declare; the queue must exist).
+    #[allow(dead_code)]
+    pub async fn queue_messages(&self, queue: &str) -> u32 {
+        let connection = self.amqp().await;
+        let channel = connection.create_channel().await.expect("channel");
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("queue exists");
+        let _ = connection.close(200, "counted".into()).await;
+        declared.message_count()
+    }
+}
