@@ -79,7 +79,7 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::ApiKey(command) => api_key_command(&settings, command).await,
-        Command::Push(_args) => bail!("push: not implemented yet"),
+        Command::Push(args) => std::process::exit(sync_ingest::push::run(args).await.exit_code()),
         Command::Bench(args) => {
             let report = sync_ingest::bench::run(args, settings).await?;
             println!("{}", sync_ingest::bench::summary(&report));

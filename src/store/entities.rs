@@ -20,7 +20,10 @@ use uuid::Uuid;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UpsertOutcome {
     pub inserted: usize,
+    /// Matched rows, `unchanged` included.
     pub updated: usize,
+    /// Matched rows that already held exactly these values (not rewritten).
+    pub unchanged: usize,
     /// Indexes of items whose GUID belongs to another company (nothing was
     /// written for them; the caller must roll back).
     pub foreign_indexes: Vec<usize>,
@@ -91,19 +94,30 @@ fn upsert_sql(table: &str, columns: Columns) -> String {
         .enumerate()
         .map(|(i, (_, ty))| format!("${}::{ty}[]", i + 1))
         .collect();
-    let updates: Vec<String> = names
+    let values: Vec<&str> = names
         .iter()
-        .filter(|c| !matches!(**c, "guid" | "company_guid"))
+        .copied()
+        .filter(|c| !matches!(*c, "guid" | "company_guid"))
+        .collect();
+    let updates: Vec<String> = values
+        .iter()
         .map(|c| format!("{c} = EXCLUDED.{c}"))
         .collect();
+    let current: Vec<String> = values.iter().map(|c| format!("t.{c}")).collect();
+    let incoming: Vec<String> = values.iter().map(|c| format!("EXCLUDED.{c}")).collect();
+    // A row that already holds exactly these values is not rewritten (no
+    // dead tuple, no WAL, `updated_at` kept): it is counted `unchanged`.
     format!(
         "INSERT INTO {table} AS t ({names}) SELECT * FROM UNNEST({arrays}) \
          ON CONFLICT (guid) DO UPDATE SET {updates}, updated_at = now() \
          WHERE t.company_guid = EXCLUDED.company_guid \
+           AND ({current}) IS DISTINCT FROM ({incoming}) \
          RETURNING guid, (xmax = 0) AS inserted",
         names = names.join(", "),
         arrays = arrays.join(", "),
         updates = updates.join(", "),
+        current = current.join(", "),
+        incoming = incoming.join(", "),
     )
 }
 
@@ -236,13 +250,34 @@ pub async fn upsert_batch(
             outcome.updated += 1;
         }
     }
-    outcome.foreign_indexes = batch
-        .guids()
-        .iter()
-        .enumerate()
-        .filter(|(_, guid)| !written.contains(guid))
-        .map(|(index, _)| index)
+    // Rows not returned were either already up to date (same company) or
+    // belong to another company; only the rare batch with such rows pays
+    // for telling them apart.
+    let guids = batch.guids();
+    let companies = batch.companies();
+    let skipped: Vec<usize> = (0..guids.len())
+        .filter(|i| !written.contains(&guids[*i]))
         .collect();
+    if !skipped.is_empty() {
+        let own: HashSet<Uuid> = sqlx::query_scalar(&format!(
+            "SELECT e.guid FROM UNNEST($1::uuid[], $2::uuid[]) AS s(guid, company_guid) \
+             JOIN {table} e ON e.guid = s.guid AND e.company_guid = s.company_guid"
+        ))
+        .bind(skipped.iter().map(|i| guids[*i]).collect::<Vec<_>>())
+        .bind(skipped.iter().map(|i| companies[*i]).collect::<Vec<_>>())
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+        for index in skipped {
+            if own.contains(&guids[index]) {
+                outcome.updated += 1;
+                outcome.unchanged += 1;
+            } else {
+                outcome.foreign_indexes.push(index);
+            }
+        }
+    }
     Ok(outcome)
 }
 

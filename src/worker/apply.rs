@@ -72,8 +72,14 @@ pub async fn apply_batch(
             jobs::finish_failed(&mut conn, id, &error).await?,
         ));
     }
-    let job = jobs::finish_succeeded(&mut tx, id, count(outcome.inserted), count(outcome.updated))
-        .await?;
+    let job = jobs::finish_succeeded(
+        &mut tx,
+        id,
+        count(outcome.inserted),
+        count(outcome.updated),
+        count(outcome.unchanged),
+    )
+    .await?;
     tx.commit().await?;
     Ok(Applied::now(Some(job)))
 }

@@ -587,3 +587,45 @@ async fn a_message_whose_job_does_not_exist_writes_nothing() {
     assert_eq!(app.count("projects").await, 1);
     assert_eq!(app.count("sync_jobs").await, 1);
 }
+
+#[tokio::test]
+async fn identical_items_are_counted_unchanged_and_not_rewritten() {
+    let app = TestApp::spawn().await;
+    let company = company();
+    let token = app.writer(company).await;
+    let guids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    let batch = |marks: [&str; 3]| {
+        serde_json::Value::Array(
+            guids
+                .iter()
+                .zip(marks)
+                .map(|(guid, mark)| {
+                    json!({"guid": guid, "company_guid": company, "assembly_guid": company,
+                           "mark": mark, "attributes": {"k": [1, 2]}})
+                })
+                .collect(),
+        )
+    };
+    let first = app.sync("pieces", &token, &batch(["a", "b", "c"])).await;
+    assert_eq!(
+        (first["inserted"].clone(), first["unchanged"].clone()),
+        (json!(3), json!(0))
+    );
+    let before = app.row("pieces", guids[0]).await.expect("row");
+
+    let same = app.sync("pieces", &token, &batch(["a", "b", "c"])).await;
+    assert_eq!(same["status"], "succeeded", "{same}");
+    assert_eq!(same["inserted"], 0);
+    assert_eq!(same["updated"], 3, "unchanged rows still count as updated");
+    assert_eq!(same["unchanged"], 3);
+    assert_eq!(
+        app.row("pieces", guids[0]).await.expect("row"),
+        before,
+        "not rewritten"
+    );
+
+    let one_changed = app.sync("pieces", &token, &batch(["a", "b", "C"])).await;
+    assert_eq!(one_changed["updated"], 3);
+    assert_eq!(one_changed["unchanged"], 2);
+    assert_eq!(app.row("pieces", guids[2]).await.expect("row")["mark"], "C");
+}

@@ -6,6 +6,7 @@ mod helpers;
 mod auth;
 mod contract;
 mod entities;
+mod push;
 mod smoke;
 mod submit;
 mod tenancy;
