@@ -113,6 +113,9 @@ impl Service {
             waiters: JobWaiters::default(),
             backlog: Backlog::default(),
             keyed_submissions: Arc::new(tokio::sync::Semaphore::new(POOL_SIZE as usize / 2)),
+            parse_permits: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+            )),
         };
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();

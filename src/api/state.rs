@@ -22,4 +22,6 @@ pub struct AppState {
     /// it takes others; bounding how many run at once keeps them from
     /// taking the whole pool and waiting on each other.
     pub keyed_submissions: Arc<tokio::sync::Semaphore>,
+    /// Bodies being parsed at once (see `submit::parse`).
+    pub parse_permits: Arc<tokio::sync::Semaphore>,
 }

@@ -79,18 +79,20 @@ pub async fn submit(
     let key = prefer::idempotency_key(&headers)?;
     let wait = prefer::wait(&headers);
     let body = body.map_err(|rejection| body_error(&state, rejection))?;
-    let batch =
-        parse_batch(entity, &body, state.settings.batch_limit(entity)).map_err(|e| match e {
-            BatchError::TooLarge { .. } => ApiError::BatchTooLarge(e.to_string()),
-            BatchError::Invalid(errors) => ApiError::Validation(errors),
-        })?;
+    // Only a keyed request is ever compared with another one.
+    let request_hash = if key.is_some() {
+        request_hash(entity, params.dry_run, &body)
+    } else {
+        Vec::new()
+    };
+    let batch = parse(&state, entity, body).await?;
     let forbidden = access::forbidden_items(&principal, &batch);
     if !forbidden.is_empty() {
         return Err(ApiError::CompanyAccessDenied { indexes: forbidden });
     }
     tracing::Span::current().record("item_count", batch.len());
     let submission = Submission {
-        request_hash: request_hash(entity, params.dry_run, &body),
+        request_hash,
         batch,
         dry_run: params.dry_run,
         trace: trace.map_or_else(TraceContext::new_root, |Extension(t)| t),
@@ -120,6 +122,26 @@ pub async fn submit(
         None => None,
     };
     respond(&state, accepted, wait.zip(waiter), replayed).await
+}
+
+/// Parses and validates on the blocking pool, a few batches at a time:
+/// a 1000-piece body is milliseconds of CPU, which would stall the async
+/// workers, and parsing more batches at once than there are cores only
+/// multiplies the memory held by half-built JSON trees.
+async fn parse(state: &AppState, entity: Entity, body: Bytes) -> Result<Batch, ApiError> {
+    let _permit = state
+        .parse_permits
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Internal("parse limiter closed".into()))?;
+    let limit = state.settings.batch_limit(entity);
+    let parsed = tokio::task::spawn_blocking(move || parse_batch(entity, &body, limit))
+        .await
+        .map_err(|e| ApiError::Internal(format!("parsing panicked: {e}")))?;
+    parsed.map_err(|e| match e {
+        BatchError::TooLarge { .. } => ApiError::BatchTooLarge(e.to_string()),
+        BatchError::Invalid(errors) => ApiError::Validation(errors),
+    })
 }
 
 fn body_error(state: &AppState, rejection: BytesRejection) -> ApiError {
@@ -252,7 +274,7 @@ async fn submit_new(
             dry_run,
             batch,
         };
-        publish(state, job, shard, &message, trace.child()).await?
+        publish(state, job, shard, message, trace.child()).await?
     };
     let entity = new_job.entity.as_str();
     metrics::counter!(m::JOBS_SUBMITTED, "entity" => entity).increment(1);
@@ -266,7 +288,7 @@ async fn publish(
     state: &AppState,
     job: Job,
     shard: u16,
-    message: &BatchMessage,
+    message: BatchMessage,
     trace: TraceContext,
 ) -> Result<Job, ApiError> {
     let Err(error) = state.publisher.publish_batch(shard, message, trace).await else {

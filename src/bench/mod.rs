@@ -35,9 +35,10 @@ pub struct BenchArgs {
     /// Share of items in a tenant's later batches that update earlier ones.
     #[arg(long, default_value_t = 0.5)]
     pub update_ratio: f64,
-    /// Connections driving the raw database baseline.
-    #[arg(long, default_value_t = 4)]
-    pub db_connections: usize,
+    /// Connections driving the raw database baseline (default: one per
+    /// shard, as many as the workers use).
+    #[arg(long)]
+    pub db_connections: Option<usize>,
     /// Concurrent HTTP requests during intake and end to end.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
@@ -127,7 +128,8 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
 
     // 1. Raw database.
     let stack = service::Stack::new(&base, "rawdb").await?;
-    let raw_db = raw::database(&stack.pool, &loads, args.db_connections).await?;
+    let connections = args.db_connections.unwrap_or(usize::from(base.shards));
+    let raw_db = raw::database(&stack.pool, &loads, connections).await?;
     stack.teardown().await;
     eprintln!(
         "bench: raw db upsert      {:>9.0} items/s",

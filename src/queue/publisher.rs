@@ -222,9 +222,15 @@ impl Publisher {
     pub async fn publish_batch(
         &self,
         shard: u16,
-        message: &BatchMessage,
+        message: BatchMessage,
         trace: TraceContext,
     ) -> Result<(), PublishError> {
+        // Serialised, then the typed batch is dropped: while the confirm is
+        // awaited, only the bytes stay in memory.
+        let body = message.to_json();
+        let entity = message.batch.entity();
+        let correlation_id = message.correlation_id;
+        drop(message);
         let mut headers = FieldTable::default();
         headers.insert(
             "traceparent".into(),
@@ -232,13 +238,13 @@ impl Publisher {
         );
         headers.insert(
             "x-sync-entity".into(),
-            AMQPValue::LongString(message.batch.entity().as_str().into()),
+            AMQPValue::LongString(entity.as_str().into()),
         );
-        let properties = message_properties(message.correlation_id).with_headers(headers);
+        let properties = message_properties(correlation_id).with_headers(headers);
         self.publish(
             &self.topology.requests_exchange(),
             &shard.to_string(),
-            &message.to_json(),
+            &body,
             properties,
         )
         .await
