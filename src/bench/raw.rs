@@ -160,6 +160,7 @@ pub async fn broker(
         delivery?.ack(BasicAckOptions::default()).await?;
     }
     let consume = Rate::new(items, started.elapsed());
+    let _ = consumer_channel.close(200, "consumed".into()).await;
     let _ = channel
         .queue_delete(queue.into(), QueueDeleteOptions::default())
         .await;

@@ -253,24 +253,7 @@ impl Stack {
         }
         self.pool.close().await;
         let topology = topology(&self.settings);
-        if let Ok(connection) = lapin::Connection::connect(
-            &self.settings.amqp_url,
-            lapin::ConnectionProperties::default(),
-        )
-        .await
-        {
-            if let Ok(channel) = connection.create_channel().await {
-                for queue in topology.all_queues() {
-                    let _ = channel.queue_delete(queue.into(), Default::default()).await;
-                }
-                for exchange in topology.all_exchanges() {
-                    let _ = channel
-                        .exchange_delete(exchange.into(), Default::default())
-                        .await;
-                }
-            }
-            let _ = connection.close(200, "bench done".into()).await;
-        }
+        topology.remove(&self.settings.amqp_url).await;
         drop_database(&self.settings.database_url, &self.database).await;
     }
 }

@@ -69,6 +69,25 @@ impl Topology {
         vec![self.requests_exchange(), self.dead(), self.results()]
     }
 
+    /// Deletes everything `declare` made (a test's or benchmark's prefix),
+    /// over its own connection to `url`; best effort, errors are ignored.
+    pub async fn remove(&self, url: &str) {
+        let Ok(connection) = lapin::Connection::connect(url, Default::default()).await else {
+            return;
+        };
+        if let Ok(channel) = connection.create_channel().await {
+            for queue in self.all_queues() {
+                let _ = channel.queue_delete(queue.into(), Default::default()).await;
+            }
+            for exchange in self.all_exchanges() {
+                let _ = channel
+                    .exchange_delete(exchange.into(), Default::default())
+                    .await;
+            }
+        }
+        let _ = connection.close(200, "removed".into()).await;
+    }
+
     /// Every request queue name.
     pub fn request_queues(&self) -> Vec<String> {
         (0..self.shards).map(|s| self.request_queue(s)).collect()

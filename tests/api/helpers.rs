@@ -1,10 +1,7 @@
 //! `TestApp`: a real service (api + worker) on its own database and its own
 //! queue prefix, against the machine's PostgreSQL and RabbitMQ.
 
-use lapin::{
-    options::{ExchangeDeleteOptions, QueueDeleteOptions},
-    Connection, ConnectionProperties,
-};
+use lapin::{Connection, ConnectionProperties};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -206,23 +203,7 @@ impl Drop for TestApp {
 
 async fn remove_resources(settings: Settings, database: String) {
     let topology = topology(&settings);
-    if let Ok(connection) =
-        Connection::connect(&settings.amqp_url, ConnectionProperties::default()).await
-    {
-        if let Ok(channel) = connection.create_channel().await {
-            for queue in topology.all_queues() {
-                let _ = channel
-                    .queue_delete(queue.into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            for exchange in topology.all_exchanges() {
-                let _ = channel
-                    .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-                    .await;
-            }
-        }
-        let _ = connection.close(200, "test done".into()).await;
-    }
+    topology.remove(&settings.amqp_url).await;
     if let Ok(admin) = PgPool::connect(PG_ADMIN).await {
         let _ = sqlx::query(&format!(
             "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"

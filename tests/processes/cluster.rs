@@ -233,24 +233,9 @@ impl Cluster {
         }
         self.pool.close().await;
         let topology = topology(&self.settings());
-        if let Ok(connection) = lapin::Connection::connect(
-            "amqp://guest:guest@127.0.0.1:5672/%2f",
-            lapin::ConnectionProperties::default(),
-        )
-        .await
-        {
-            if let Ok(channel) = connection.create_channel().await {
-                for queue in topology.all_queues() {
-                    let _ = channel.queue_delete(queue.into(), Default::default()).await;
-                }
-                for exchange in topology.all_exchanges() {
-                    let _ = channel
-                        .exchange_delete(exchange.into(), Default::default())
-                        .await;
-                }
-            }
-            let _ = connection.close(200, "done".into()).await;
-        }
+        topology
+            .remove("amqp://guest:guest@127.0.0.1:5672/%2f")
+            .await;
         if let Ok(admin) = PgPool::connect(PG_ADMIN).await {
             let _ = sqlx::query(&format!(
                 "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
