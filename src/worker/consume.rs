@@ -2,6 +2,7 @@
 
 use super::apply::{apply_batch, describe, fail_job};
 use super::dead_letters::DeadLetterRecorder;
+use super::delivery::{correlation_id, record_completion, settle, trace_context, Disposition};
 use super::retry::{retry_in_place, GaveUp};
 use crate::queue::{BatchMessage, Publisher, Topology};
 use crate::store::{Job, JobError};
@@ -9,9 +10,7 @@ use crate::telemetry::{metrics as m, trace::TraceContext};
 use futures_util::StreamExt;
 use lapin::{
     message::Delivery,
-    options::{
-        BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
-    },
+    options::{BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
     Channel, Connection, ConnectionProperties, Consumer,
 };
@@ -25,17 +24,6 @@ use uuid::Uuid;
 /// Permanent (non-transient) database errors tolerated for one message
 /// before its job is failed.
 const PERMANENT_TRIES: u32 = 3;
-
-/// What to tell the broker about a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Disposition {
-    /// Done (applied, failed for good, or nothing to do).
-    Ack,
-    /// Unusable: to the dead-letter queue.
-    DeadLetter,
-    /// Not finished because the process is going away: deliver again.
-    Requeue,
-}
 
 /// A worker: consumes every shard's request queue (single active consumer
 /// per shard, so several workers share the shards and fail over).
@@ -426,69 +414,5 @@ impl Worker {
         )
         .await
         .is_ok()
-    }
-}
-
-fn record_completion(job: &Job, apply: Duration) {
-    let entity = job.entity.0.as_str();
-    metrics::counter!(m::JOBS_COMPLETED, "entity" => entity, "status" => job.status.as_str())
-        .increment(1);
-    metrics::histogram!(m::BATCH_APPLY, "entity" => entity).record(apply.as_secs_f64());
-    if let Some(started) = job.started_at {
-        let wait = (started - job.submitted_at).to_std().unwrap_or_default();
-        metrics::histogram!(m::QUEUE_WAIT, "entity" => entity).record(wait.as_secs_f64());
-    }
-    if job.dry_run {
-        // Nothing was written.
-        return;
-    }
-    let as_u64 = |n: Option<i32>| n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
-    metrics::counter!(m::ITEMS_APPLIED, "entity" => entity, "op" => "inserted")
-        .increment(as_u64(job.inserted));
-    metrics::counter!(m::ITEMS_APPLIED, "entity" => entity, "op" => "updated")
-        .increment(as_u64(job.updated));
-}
-
-pub(super) async fn settle(
-    delivery: &Delivery,
-    disposition: Disposition,
-) -> Result<(), lapin::Error> {
-    // `Ok(false)` means the ack was not sent (channel gone): the message
-    // comes again and is recognised as finished then.
-    match disposition {
-        Disposition::Ack => delivery.ack(BasicAckOptions::default()).await.map(drop),
-        Disposition::DeadLetter => delivery
-            .reject(BasicRejectOptions { requeue: false })
-            .await
-            .map(drop),
-        Disposition::Requeue => delivery
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            })
-            .await
-            .map(drop),
-    }
-}
-
-pub(super) fn correlation_id(delivery: &Delivery) -> Option<Uuid> {
-    delivery
-        .properties
-        .correlation_id()
-        .as_ref()
-        .and_then(|id| Uuid::parse_str(id.as_str()).ok())
-}
-
-/// The trace context a message carries (`traceparent` header), if any.
-pub(super) fn trace_context(delivery: &Delivery) -> Option<TraceContext> {
-    match delivery
-        .properties
-        .headers()
-        .as_ref()?
-        .inner()
-        .get("traceparent")?
-    {
-        lapin::types::AMQPValue::LongString(s) => TraceContext::parse(&s.to_string()),
-        _ => None,
     }
 }

@@ -4,7 +4,8 @@
 //! delivery limit dead-lettered it ends as `retries_exhausted`. The copy in
 //! `{prefix}.dead` stays for operators.
 
-use super::consume::{correlation_id, settle, trace_context, Disposition, Worker};
+use super::consume::Worker;
+use super::delivery::{correlation_id, settle, trace_context, Disposition};
 use crate::store::JobError;
 use crate::telemetry::metrics as m;
 use futures_util::StreamExt;

@@ -4,6 +4,7 @@
 mod apply;
 mod consume;
 mod dead_letters;
+mod delivery;
 mod retry;
 
 pub use apply::apply_batch;

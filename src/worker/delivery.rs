@@ -1,0 +1,86 @@
+//! What a worker reads from and tells the broker about one delivery, and
+//! what it records when a job finishes.
+
+use crate::store::Job;
+use crate::telemetry::{metrics as m, trace::TraceContext};
+use lapin::{
+    message::Delivery,
+    options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions},
+};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// What to tell the broker about a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Disposition {
+    /// Done (applied, failed for good, or nothing to do).
+    Ack,
+    /// Unusable: to the dead-letter queue.
+    DeadLetter,
+    /// Not finished because the process is going away: deliver again.
+    Requeue,
+}
+
+pub(super) fn record_completion(job: &Job, apply: Duration) {
+    let entity = job.entity.0.as_str();
+    metrics::counter!(m::JOBS_COMPLETED, "entity" => entity, "status" => job.status.as_str())
+        .increment(1);
+    metrics::histogram!(m::BATCH_APPLY, "entity" => entity).record(apply.as_secs_f64());
+    if let Some(started) = job.started_at {
+        let wait = (started - job.submitted_at).to_std().unwrap_or_default();
+        metrics::histogram!(m::QUEUE_WAIT, "entity" => entity).record(wait.as_secs_f64());
+    }
+    if job.dry_run {
+        // Nothing was written.
+        return;
+    }
+    let as_u64 = |n: Option<i32>| n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+    metrics::counter!(m::ITEMS_APPLIED, "entity" => entity, "op" => "inserted")
+        .increment(as_u64(job.inserted));
+    metrics::counter!(m::ITEMS_APPLIED, "entity" => entity, "op" => "updated")
+        .increment(as_u64(job.updated));
+}
+
+pub(super) async fn settle(
+    delivery: &Delivery,
+    disposition: Disposition,
+) -> Result<(), lapin::Error> {
+    // `Ok(false)` means the ack was not sent (channel gone): the message
+    // comes again and is recognised as finished then.
+    match disposition {
+        Disposition::Ack => delivery.ack(BasicAckOptions::default()).await.map(drop),
+        Disposition::DeadLetter => delivery
+            .reject(BasicRejectOptions { requeue: false })
+            .await
+            .map(drop),
+        Disposition::Requeue => delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .map(drop),
+    }
+}
+
+pub(super) fn correlation_id(delivery: &Delivery) -> Option<Uuid> {
+    delivery
+        .properties
+        .correlation_id()
+        .as_ref()
+        .and_then(|id| Uuid::parse_str(id.as_str()).ok())
+}
+
+/// The trace context a message carries (`traceparent` header), if any.
+pub(super) fn trace_context(delivery: &Delivery) -> Option<TraceContext> {
+    match delivery
+        .properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get("traceparent")?
+    {
+        lapin::types::AMQPValue::LongString(s) => TraceContext::parse(&s.to_string()),
+        _ => None,
+    }
+}
