@@ -3,7 +3,6 @@
 
 use super::error::ApiError;
 use axum::http::HeaderMap;
-use std::time::Duration;
 
 /// The longest a request may wait for its job.
 pub const MAX_WAIT_SECS: u64 = 60;
@@ -27,11 +26,6 @@ pub fn wait(headers: &HeaderMap) -> Option<u64> {
         })
         .next()
         .map(|secs| secs.min(MAX_WAIT_SECS))
-}
-
-/// The wait as a duration.
-pub fn wait_duration(secs: u64) -> Duration {
-    Duration::from_secs(secs)
 }
 
 /// The `Idempotency-Key`, if sent: 1 to 255 visible ASCII characters.

@@ -323,7 +323,7 @@ async fn respond(
     if let Some((secs, mut waiter)) = wait {
         // Woken by the job's result (or by the listener reconnecting): read
         // the row, and keep waiting until it is finished or time is up.
-        let deadline = tokio::time::Instant::now() + prefer::wait_duration(secs);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
         while !accepted.job.status.is_finished() {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() || !waiter.wait(left).await {

@@ -73,16 +73,6 @@ impl JobWaiters {
             sender.send_modify(|n| *n += 1);
         }
     }
-
-    /// How many requests are waiting (for metrics and tests).
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// True when nobody waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl Waiter {

@@ -15,6 +15,16 @@ use uuid::Uuid;
 /// and all of them load the machine with several processes.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The machine's RabbitMQ, as every process of a cluster reaches it.
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// A connection of the test's own to the broker.
+pub async fn broker() -> lapin::Connection {
+    lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())
+        .await
+        .expect("broker")
+}
+
 const BINARY: &str = env!("CARGO_BIN_EXE_sync-ingest");
 const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -89,7 +99,7 @@ impl Cluster {
         command
             .arg(role)
             .env("DATABASE_URL", &self.database_url)
-            .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+            .env("AMQP_URL", AMQP_URL)
             .env("SYNC_QUEUE_PREFIX", &self.prefix)
             .env("SYNC_SHARDS", self.shards.to_string())
             .env("SYNC_OPS_ADDR", format!("127.0.0.1:{ops_port}"))
@@ -233,9 +243,7 @@ impl Cluster {
         }
         self.pool.close().await;
         let topology = topology(&self.settings());
-        topology
-            .remove("amqp://guest:guest@127.0.0.1:5672/%2f")
-            .await;
+        topology.remove(AMQP_URL).await;
         if let Ok(admin) = PgPool::connect(PG_ADMIN).await {
             let _ = sqlx::query(&format!(
                 "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",

@@ -1,4 +1,4 @@
-use crate::cluster::{sh, wait_port, Cluster, SERIAL};
+use crate::cluster::{broker, sh, wait_port, Cluster, SERIAL};
 use crate::load::{audit, push, Submission, Tenant, Verdict};
 use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
@@ -27,6 +27,17 @@ async fn slow_down(cluster: &Cluster) {
         .expect("slow trigger");
 }
 const PAUSE: Duration = Duration::from_millis(15);
+
+/// The set-up of the load scenarios: api, two workers, slow applies (so
+/// faults land inside transactions) and two tenants.
+async fn busy_cluster() -> (Cluster, Vec<Tenant>) {
+    let mut cluster = Cluster::new(2, &[]).await;
+    slow_down(&cluster).await;
+    cluster.start_api().await;
+    cluster.start_workers(2);
+    let tenants = tenants(&cluster, 2).await;
+    (cluster, tenants)
+}
 
 async fn tenants(cluster: &Cluster, n: usize) -> Vec<Tenant> {
     let mut tenants = Vec::new();
@@ -121,11 +132,7 @@ async fn judge(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_workers_lose_nothing_and_double_nothing() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::new(2, &[]).await;
-    slow_down(&cluster).await;
-    cluster.start_api().await;
-    cluster.start_workers(2);
-    let tenants = tenants(&cluster, 2).await;
+    let (mut cluster, tenants) = busy_cluster().await;
     let loads = start_load(&cluster, &tenants, 60);
     // kill -9 a worker at uneven moments, four times, restarting it each time.
     for (round, pause_ms) in [350u64, 720, 510, 900].into_iter().enumerate() {
@@ -145,11 +152,7 @@ async fn killed_workers_lose_nothing_and_double_nothing() {
 /// the audit finds nothing lost, doubled or reordered.
 async fn outage_scenario(scenario: &str, stop: &str, start: &str, port: u16) {
     let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::new(2, &[]).await;
-    slow_down(&cluster).await;
-    cluster.start_api().await;
-    cluster.start_workers(2);
-    let tenants = tenants(&cluster, 2).await;
+    let (cluster, tenants) = busy_cluster().await;
     let loads = start_load(&cluster, &tenants, 80);
     tokio::time::sleep(Duration::from_millis(600)).await;
     sh(stop);
@@ -226,11 +229,7 @@ async fn database_restart_loses_nothing_and_workers_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_work_and_exits_zero() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::new(2, &[]).await;
-    slow_down(&cluster).await;
-    cluster.start_api().await;
-    cluster.start_workers(2);
-    let tenants = tenants(&cluster, 2).await;
+    let (mut cluster, tenants) = busy_cluster().await;
     let loads = start_load(&cluster, &tenants, 60);
     for round in 0..2 {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -258,12 +257,7 @@ async fn poison_messages_are_dead_lettered_and_every_shard_goes_on() {
     cluster.start_api().await;
     cluster.start_workers(1);
     let topology = topology(&cluster.settings());
-    let connection = lapin::Connection::connect(
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .expect("broker");
+    let connection = broker().await;
     let channel = connection.create_channel().await.expect("channel");
     channel
         .confirm_select(ConfirmSelectOptions::default())

@@ -1,4 +1,4 @@
-use crate::cluster::{Cluster, SERIAL};
+use crate::cluster::{broker, Cluster, SERIAL};
 use lapin::{
     options::{BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable},
@@ -98,12 +98,7 @@ async fn metrics_move_by_exactly_what_happened() {
 
     // A poison message, dead-lettered by the worker.
     let topology = topology(&cluster.settings());
-    let connection = lapin::Connection::connect(
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .expect("broker");
+    let connection = broker().await;
     let channel = connection.create_channel().await.expect("channel");
     channel
         .basic_publish(
@@ -265,12 +260,7 @@ async fn one_job_is_one_trace_from_request_to_worker_span_and_result() {
 
     // Listen to this company's results before submitting.
     let topology = topology(&cluster.settings());
-    let connection = lapin::Connection::connect(
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .expect("broker");
+    let connection = broker().await;
     let channel = connection.create_channel().await.expect("channel");
     let queue = channel
         .queue_declare(
