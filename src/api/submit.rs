@@ -24,6 +24,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// The 202 (or 200) body: the job resource plus every item's GUID, in order.
@@ -101,20 +102,16 @@ pub async fn submit(
     tracing::Span::current().record("correlation_id", tracing::field::display(correlation_id));
     // Registered before publishing, so a quick result cannot slip past.
     let waiter = wait.map(|_| state.waiters.register(correlation_id));
-    let (accepted, replayed) = match key {
-        Some(key) => {
-            let _permit = state
-                .keyed_submissions
-                .acquire()
-                .await
-                .map_err(|_| ApiError::Internal("submission limiter closed".into()))?;
-            submit_once(&state, &principal, &key, submission, correlation_id).await?
-        }
-        None => (
-            submit_new(&state, &principal, submission, correlation_id).await?,
-            false,
-        ),
-    };
+    // Recording, publishing and (on a failed publish) withdrawing the job run
+    // to the end even if the client hangs up: cut short between the job row
+    // and the confirm, they would leave a job queued forever with no message.
+    let queued = tokio::spawn(
+        queue(state.clone(), principal, key, submission, correlation_id)
+            .instrument(tracing::Span::current()),
+    );
+    let (accepted, replayed) = queued
+        .await
+        .map_err(|e| ApiError::Internal(format!("submission panicked: {e}")))??;
     let waiter = match waiter {
         Some(waiter) if accepted.job.correlation_id == correlation_id => Some(waiter),
         // A replay waits for the original job.
@@ -122,6 +119,30 @@ pub async fn submit(
         None => None,
     };
     respond(&state, accepted, wait.zip(waiter), replayed).await
+}
+
+/// Queues a submission, once per idempotency key. Returns (accepted, replayed).
+async fn queue(
+    state: AppState,
+    principal: Principal,
+    key: Option<String>,
+    submission: Submission,
+    correlation_id: Uuid,
+) -> Result<(Accepted, bool), ApiError> {
+    match key {
+        Some(key) => {
+            let _permit = state
+                .keyed_submissions
+                .acquire()
+                .await
+                .map_err(|_| ApiError::Internal("submission limiter closed".into()))?;
+            submit_once(&state, &principal, &key, submission, correlation_id).await
+        }
+        None => Ok((
+            submit_new(&state, &principal, submission, correlation_id).await?,
+            false,
+        )),
+    }
 }
 
 /// Parses and validates on the blocking pool, a few batches at a time:

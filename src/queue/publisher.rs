@@ -139,11 +139,18 @@ impl Publisher {
     }
 
     /// Forgets the current connection so the next publish opens a new one.
+    /// The old one is closed in the background: a broker that is failing
+    /// may take long to answer the close, and every publish and readiness
+    /// check would queue behind it on the state lock.
     async fn drop_link(&self) {
-        let mut state = self.state.lock().await;
-        if let Some(link) = state.link.take() {
-            let _ = link.connection.close(200, "reconnecting".into()).await;
-        }
+        let Some(link) = self.state.lock().await.link.take() else {
+            return;
+        };
+        let timeout = self.confirm_timeout;
+        tokio::spawn(async move {
+            let closing = link.connection.close(200, "reconnecting".into());
+            let _ = tokio::time::timeout(timeout, closing).await;
+        });
     }
 
     /// True when the broker is reachable (connecting now if needed).

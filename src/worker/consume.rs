@@ -25,6 +25,25 @@ use uuid::Uuid;
 /// before its job is failed.
 const PERMANENT_TRIES: u32 = 3;
 
+/// How long connecting, declaring and subscribing may take. A broker that is
+/// still starting can accept a connection and then never answer; without a
+/// bound the worker would wait on it forever instead of reconnecting.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+async fn within_setup_timeout<T>(
+    setup: impl std::future::Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, lapin::Error> {
+    match tokio::time::timeout(SETUP_TIMEOUT, setup).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            tracing::warn!(?SETUP_TIMEOUT, "broker did not answer while setting up");
+            Err(lapin::Error::from(
+                lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
+            ))
+        }
+    }
+}
+
 /// A worker: consumes every shard's request queue (single active consumer
 /// per shard, so several workers share the shards and fail over).
 #[derive(Clone)]
@@ -77,12 +96,7 @@ impl Worker {
     /// One connection's life: a channel and a consumer per shard, plus the
     /// dead-letter recorder.
     async fn consume_all(&self, stop: &CancellationToken) -> Result<(), lapin::Error> {
-        let properties =
-            ConnectionProperties::default().with_connection_name("sync-ingest worker".into());
-        let connection = Arc::new(Connection::connect(&self.amqp_url, properties).await?);
-        let setup = connection.create_channel().await?;
-        self.topology().declare(&setup).await?;
-        let _ = setup.close(200, "declared".into()).await;
+        let connection = Arc::new(within_setup_timeout(self.connect()).await?);
 
         // Ends this connection's tasks when the connection fails, without
         // stopping the worker.
@@ -125,6 +139,17 @@ impl Worker {
         outcome
     }
 
+    /// Connects and declares the topology.
+    async fn connect(&self) -> Result<Connection, lapin::Error> {
+        let properties =
+            ConnectionProperties::default().with_connection_name("sync-ingest worker".into());
+        let connection = Connection::connect(&self.amqp_url, properties).await?;
+        let setup = connection.create_channel().await?;
+        self.topology().declare(&setup).await?;
+        let _ = setup.close(200, "declared".into()).await;
+        Ok(connection)
+    }
+
     /// Runs the dead-letter recorder, reopening its channel if it fails
     /// while the connection is up.
     async fn run_dead_letter_recorder(
@@ -152,6 +177,15 @@ impl Worker {
     }
 
     async fn open_consumer(
+        &self,
+        connection: &Connection,
+        queue: String,
+        tag: &str,
+    ) -> Result<(Channel, Consumer), lapin::Error> {
+        within_setup_timeout(self.subscribe(connection, queue, tag)).await
+    }
+
+    async fn subscribe(
         &self,
         connection: &Connection,
         queue: String,

@@ -1,6 +1,7 @@
 //! Integration tests against the real PostgreSQL and RabbitMQ; one binary,
 //! each test with its own database and queue prefix.
 
+mod gate;
 mod helpers;
 
 mod auth;

@@ -1,20 +1,16 @@
 //! `sync-ingest push`, the bulk loader: the real binary against a real
 //! service.
 
+use crate::gate::BrokerGate;
 use crate::helpers::*;
 use serde_json::{json, Value};
 use std::{
     io::Write,
     path::PathBuf,
     process::{Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
     time::Duration,
 };
 use sync_ingest::app::Mode;
-use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
 
 /// A temporary input file, removed when dropped.
@@ -388,71 +384,6 @@ async fn a_refused_token_stops_the_push_after_the_first_batch() {
         "{run}"
     );
     assert!(run.stdout.contains("2 batches not sent"), "{run}");
-}
-
-/// A TCP proxy to the local RabbitMQ that drops every connection until
-/// opened: to the api the broker is down, then back.
-struct BrokerGate {
-    url: String,
-    open: Arc<AtomicBool>,
-}
-
-impl BrokerGate {
-    async fn closed() -> BrokerGate {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy binds");
-        let port = listener.local_addr().expect("proxy address").port();
-        let open = Arc::new(AtomicBool::new(false));
-        let gate = open.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                if gate.load(Ordering::SeqCst) {
-                    tokio::spawn(forward(client));
-                }
-                // Closed: the connection is dropped at once.
-            }
-        });
-        BrokerGate {
-            url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
-            open,
-        }
-    }
-
-    fn open(&self) {
-        self.open.store(true, Ordering::SeqCst);
-    }
-}
-
-async fn forward(client: TcpStream) {
-    let Ok(broker) = TcpStream::connect("127.0.0.1:5672").await else {
-        return;
-    };
-    tokio::select! {
-        _ = pump(&client, &broker) => {}
-        _ = pump(&broker, &client) => {}
-    }
-}
-
-/// Copies bytes from `from` to `to` until either side ends.
-async fn pump(from: &TcpStream, to: &TcpStream) -> std::io::Result<()> {
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        from.readable().await?;
-        let read = match from.try_read(&mut buffer) {
-            Ok(0) => return Ok(()),
-            Ok(read) => read,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
-        let mut written = 0;
-        while written < read {
-            to.writable().await?;
-            match to.try_write(&buffer[written..read]) {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
 }
 
 #[tokio::test]

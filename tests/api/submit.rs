@@ -1,5 +1,6 @@
 //! The request contract of `POST /api/v1/sync/{entity}` (SPEC §4).
 
+use crate::gate::BrokerGate;
 use crate::helpers::*;
 use reqwest::{header, Response, StatusCode};
 use serde_json::{json, Value};
@@ -577,6 +578,50 @@ async fn unreachable_broker_answers_503_with_retry_after_and_leaves_no_job() {
     assert_eq!(problem["status"], 503, "{problem}");
     assert_eq!(problem["code"], "broker_unavailable", "{problem}");
     assert_eq!(job_rows(&app).await, 0);
+}
+
+#[tokio::test]
+async fn a_client_hanging_up_while_the_broker_hangs_leaves_no_queued_job() {
+    let gate = BrokerGate::opened().await;
+    let mut app = TestApp::spawn_with(Mode::Api, |s| {
+        s.amqp_url = gate.url.clone();
+        s.confirm_timeout_ms = 1_000;
+    })
+    .await;
+    let company = company();
+    let token = app.writer(company).await;
+    gate.freeze();
+
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .expect("client");
+    let sent = impatient
+        .post(format!("{}/api/v1/sync/projects", app.base))
+        .bearer_auth(&token)
+        .json(&json!([item("projects", company)]))
+        .send()
+        .await;
+    assert!(
+        sent.is_err(),
+        "the request should still be waiting on the broker"
+    );
+
+    // The api gives up on the confirm after 1 s and withdraws the job, even
+    // though nobody is left to tell.
+    let mut rows = job_rows(&app).await;
+    for _ in 0..50 {
+        if rows == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        rows = job_rows(&app).await;
+    }
+    // Thawed before asserting, so that a failure unwinds instead of hanging
+    // in the clean-up; which goes to the broker itself, not the proxy.
+    gate.open();
+    app.settings.amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2f".into();
+    assert_eq!(rows, 0, "a job without a confirmed message was left behind");
 }
 
 #[tokio::test]

@@ -224,6 +224,59 @@ impl Cluster {
         false
     }
 
+    /// What a failed drain needs to be understood: the open jobs, the
+    /// broker's view of this cluster's queues and consumers, and the end of
+    /// every process's log (CI keeps only the test output).
+    pub async fn diagnosis(&self) -> String {
+        let open: Vec<(Uuid, String, i32, i32)> = sqlx::query_as(
+            "SELECT correlation_id, status, attempts, shard FROM sync_jobs \
+             WHERE status IN ('queued', 'processing') ORDER BY submitted_at LIMIT 20",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap_or_default();
+        let mut out = format!("open jobs (first 20): {open:?}\n");
+        for args in [
+            &[
+                "list_queues",
+                "name",
+                "messages_ready",
+                "messages_unacknowledged",
+                "consumers",
+            ][..],
+            &[
+                "list_consumers",
+                "queue_name",
+                "channel_pid",
+                "active",
+                "activity_status",
+            ][..],
+        ] {
+            let listed = Command::new("rabbitmqctl")
+                .arg("-q")
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            out.push_str(&format!("rabbitmqctl {}:\n", args[0]));
+            for line in listed.lines().filter(|l| l.contains(&self.prefix)) {
+                out.push_str(&format!("  {line}\n"));
+            }
+        }
+        let mut labels = vec!["api".to_owned()];
+        labels.extend((0..self.workers.len()).map(|i| format!("worker-{i}")));
+        for label in labels {
+            let log = self.log(&label);
+            let lines: Vec<&str> = log.lines().collect();
+            out.push_str(&format!("--- last lines of {label}.log ---\n"));
+            for line in &lines[lines.len().saturating_sub(25)..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
     /// Settings matching the processes' (for queue names).
     pub fn settings(&self) -> Settings {
         let mut settings = Settings::defaults();

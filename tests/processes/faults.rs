@@ -106,11 +106,13 @@ async fn judge(
     for load in loads {
         all.push(load.await.expect("load task"));
     }
-    assert!(
-        cluster.drain(Duration::from_secs(90)).await,
-        "{scenario}: jobs still open after 90 s (logs in {})",
-        cluster.log_dir.display()
-    );
+    if !cluster.drain(Duration::from_secs(90)).await {
+        panic!(
+            "{scenario}: jobs still open after 90 s (logs in {})\n{}",
+            cluster.log_dir.display(),
+            cluster.diagnosis().await
+        );
+    }
     let mut verdict = Verdict::default();
     for (tenant, submissions) in tenants.iter().zip(&all) {
         audit(&cluster.pool, tenant, submissions, &mut verdict).await;
