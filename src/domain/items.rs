@@ -39,6 +39,7 @@ impl ProjectStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Project {
+    #[serde(default = "Uuid::now_v7")]
     pub guid: Uuid,
     pub company_guid: Uuid,
     pub number: String,
@@ -46,7 +47,9 @@ pub struct Project {
     pub description: Option<String>,
     #[serde(default)]
     pub status: ProjectStatus,
+    #[serde(default, deserialize_with = "strict_date")]
     pub start_date: Option<NaiveDate>,
+    #[serde(default, deserialize_with = "strict_date")]
     pub end_date: Option<NaiveDate>,
     pub attributes: Option<Value>,
 }
@@ -55,6 +58,7 @@ pub struct Project {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Component {
+    #[serde(default = "Uuid::now_v7")]
     pub guid: Uuid,
     pub company_guid: Uuid,
     pub project_guid: Uuid,
@@ -68,6 +72,7 @@ pub struct Component {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Assembly {
+    #[serde(default = "Uuid::now_v7")]
     pub guid: Uuid,
     pub company_guid: Uuid,
     pub project_guid: Uuid,
@@ -83,6 +88,7 @@ pub struct Assembly {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Piece {
+    #[serde(default = "Uuid::now_v7")]
     pub guid: Uuid,
     pub company_guid: Uuid,
     pub assembly_guid: Uuid,
@@ -101,6 +107,7 @@ pub struct Piece {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Article {
+    #[serde(default = "Uuid::now_v7")]
     pub guid: Uuid,
     pub company_guid: Uuid,
     pub number: String,
@@ -112,6 +119,17 @@ pub struct Article {
 
 fn one() -> i32 {
     1
+}
+
+/// Dates exactly as validation accepts them (`YYYY-MM-DD`); chrono's own
+/// deserializer is more lenient.
+fn strict_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<NaiveDate>, D::Error> {
+    let Some(text) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    super::validate::parse_date(&text)
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom("is not a valid date (YYYY-MM-DD)"))
 }
 
 /// A reference from an item to another entity, which must not belong to

@@ -1,6 +1,7 @@
 //! The five entities: their types and validation. No I/O here.
 
 mod entity;
+mod fast;
 mod items;
 pub mod schema;
 mod validate;

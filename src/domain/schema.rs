@@ -48,9 +48,9 @@ const fn optional(name: &'static str, kind: FieldKind) -> Field {
 }
 
 /// Limits from the contract, in characters.
-const CODE: FieldKind = FieldKind::Text { max: 64 };
-const NAME: FieldKind = FieldKind::Text { max: 255 };
-const TEXT: FieldKind = FieldKind::Text { max: 4000 };
+pub const CODE: FieldKind = FieldKind::Text { max: 64 };
+pub const NAME: FieldKind = FieldKind::Text { max: 255 };
+pub const TEXT: FieldKind = FieldKind::Text { max: 4000 };
 
 /// Fields every entity has.
 const COMMON: [Field; 3] = [

@@ -53,6 +53,15 @@ pub enum BatchError {
 /// Parses and validates a request body of `entity` items, assigning a new
 /// UUIDv7 to every item without a GUID. `limit` is the entity's batch limit.
 pub fn parse_batch(entity: Entity, body: &[u8], limit: usize) -> Result<Batch, BatchError> {
+    match super::fast::parse_valid(entity, body, limit) {
+        Some(outcome) => outcome,
+        None => walk(entity, body, limit),
+    }
+}
+
+/// The thorough path: walks every field of every item and collects every
+/// error. The only one that explains a refusal.
+pub(super) fn walk(entity: Entity, body: &[u8], limit: usize) -> Result<Batch, BatchError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| BatchError::Invalid(vec![FieldError::body(format!("malformed JSON: {e}"))]))?;
     let Value::Array(items) = value else {
@@ -159,16 +168,7 @@ fn check_value(field: &Field, value: &Value) -> Result<(), String> {
         }
         FieldKind::Text { max } => {
             let s = value.as_str().ok_or("must be a string")?;
-            if s.contains('\0') {
-                return Err(NUL_MESSAGE.into());
-            }
-            if field.required && s.trim().is_empty() {
-                return Err("must not be empty or blank".into());
-            }
-            let chars = s.chars().count();
-            if chars > max {
-                return Err(format!("must be at most {max} characters (got {chars})"));
-            }
+            check_text(s, max, field.required)?;
         }
         FieldKind::OneOf(allowed) => {
             let s = value.as_str().ok_or("must be a string")?;
@@ -182,27 +182,60 @@ fn check_value(field: &Field, value: &Value) -> Result<(), String> {
         }
         FieldKind::Quantity => {
             let n = value.as_i64().ok_or("must be an integer")?;
-            if n < 1 {
-                return Err("must be at least 1".into());
-            }
-            if n > i64::from(i32::MAX) {
-                return Err(format!("must be at most {}", i32::MAX));
-            }
+            check_quantity(n)?;
         }
         FieldKind::Measure => {
             let n = value.as_f64().ok_or("must be a number")?;
-            if !(n >= 0.0 && n.is_finite()) {
-                return Err("must be a number ≥ 0".into());
-            }
+            check_measure(n)?;
         }
-        FieldKind::Object => {
-            if !value.is_object() {
-                return Err("must be a JSON object".into());
-            }
-            if contains_nul(value) {
-                return Err(NUL_MESSAGE.into());
-            }
+        FieldKind::Object => check_object(value)?,
+    }
+    Ok(())
+}
+
+// The rules on a value of the right type, shared with the typed fast path
+// (`super::fast`) so both paths accept exactly the same items.
+
+pub(super) fn check_text(s: &str, max: usize, required: bool) -> Result<(), String> {
+    if s.contains('\0') {
+        return Err(NUL_MESSAGE.into());
+    }
+    if required && s.trim().is_empty() {
+        return Err("must not be empty or blank".into());
+    }
+    // Cheap first: a string of at most `max` bytes has at most `max` chars.
+    if s.len() > max {
+        let chars = s.chars().count();
+        if chars > max {
+            return Err(format!("must be at most {max} characters (got {chars})"));
         }
+    }
+    Ok(())
+}
+
+pub(super) fn check_quantity(n: i64) -> Result<(), String> {
+    if n < 1 {
+        return Err("must be at least 1".into());
+    }
+    if n > i64::from(i32::MAX) {
+        return Err(format!("must be at most {}", i32::MAX));
+    }
+    Ok(())
+}
+
+pub(super) fn check_measure(n: f64) -> Result<(), String> {
+    if !(n >= 0.0 && n.is_finite()) {
+        return Err("must be a number ≥ 0".into());
+    }
+    Ok(())
+}
+
+pub(super) fn check_object(value: &Value) -> Result<(), String> {
+    if !value.is_object() {
+        return Err("must be a JSON object".into());
+    }
+    if contains_nul(value) {
+        return Err(NUL_MESSAGE.into());
     }
     Ok(())
 }
@@ -222,7 +255,7 @@ fn contains_nul(value: &Value) -> bool {
 
 /// Exactly `YYYY-MM-DD`: chrono alone would also take `24-01-05` (year 24)
 /// or signed years outside PostgreSQL's range.
-fn parse_date(s: &str) -> Option<NaiveDate> {
+pub(super) fn parse_date(s: &str) -> Option<NaiveDate> {
     let shape = s.len() == 10
         && s.bytes().enumerate().all(|(i, b)| match i {
             4 | 7 => b == b'-',
