@@ -1,7 +1,7 @@
 //! The benchmark's data: realistic pieces (~400 bytes of JSON each), in
 //! batches, for several tenants, with a chosen share of updates.
 
-use crate::domain::Piece;
+use crate::domain::{Attributes, Piece};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -83,13 +83,13 @@ fn piece(
         width_mm: Some(200.0),
         height_mm: Some(10.0 + (seq % 40) as f64),
         weight_kg: Some(12.5 + (seq % 100) as f64 / 10.0),
-        attributes: Some(json!({
+        attributes: Some(Attributes::from(&json!({
             "profile": "HEA200",
             "grade": "S355J2",
             "finish": "hot-dip galvanized",
             "phase": seq % 12,
             "drawing": format!("DWG-{tenant}-{:05}", seq % 10_000),
-        })),
+        }))),
     }
 }
 

@@ -9,10 +9,11 @@
 //! only the walk ever explains a refusal (`tests` below hold them to that).
 
 use super::schema::{fields, FieldKind};
-use super::validate::{check_measure, check_object, check_quantity, check_text};
-use super::{Article, Assembly, Batch, BatchError, Component, Entity, Piece, Project, SyncItem};
+use super::validate::{check_measure, check_quantity, check_text};
+use super::{
+    Article, Assembly, Attributes, Batch, BatchError, Component, Entity, Piece, Project, SyncItem,
+};
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 use std::collections::HashSet;
 
 /// `Some` when the body is a valid batch (or too large), `None` when the
@@ -74,8 +75,15 @@ fn measures(values: &[Option<f64>]) -> bool {
     values.iter().flatten().all(|&n| check_measure(n).is_ok())
 }
 
-fn attributes(value: &Option<Value>) -> bool {
-    value.as_ref().is_none_or(|v| check_object(v).is_ok())
+/// Deeper attributes are left to the walk, whose parser has a recursion
+/// limit (128 levels for the whole body: array, item, then attributes).
+const MAX_DEPTH: usize = 100;
+
+/// The walk's `check_object`, on the raw text.
+fn attributes(value: &Option<Attributes>) -> bool {
+    value
+        .as_ref()
+        .is_none_or(|a| a.is_object() && !a.contains_nul() && a.depth() <= MAX_DEPTH)
 }
 
 impl Rules for Project {
@@ -142,7 +150,7 @@ impl Rules for Article {
 mod tests {
     use super::super::validate::walk;
     use super::*;
-    use serde_json::{json, Map};
+    use serde_json::{json, Map, Value};
 
     const LIMIT: usize = 10;
 
@@ -230,9 +238,25 @@ mod tests {
                 json!({"k\u{0}": 1}),
                 json!({"a": ["x\u{0}"]}),
                 json!({"deep": {"er": [null, 1.5, "s"]}}),
+                nested(MAX_DEPTH),
+                nested(MAX_DEPTH + 1),
+                nested(200),
             ],
         });
         values
+    }
+
+    /// An object nesting `depth` levels.
+    fn nested(depth: usize) -> Value {
+        let text = format!(
+            "{{\"a\":{}1{}}}",
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        );
+        serde_json::from_str(&text).unwrap_or_else(|_| {
+            // Past the parser's limit as a Value: build it by hand.
+            json!({"a": (1..depth).fold(json!(1), |inner, _| json!([inner]))})
+        })
     }
 
     /// Whatever the fast path accepts, the walk accepts identically.

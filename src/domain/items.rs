@@ -1,10 +1,9 @@
 //! The typed, validated form of each entity's items, as carried in queue
 //! messages and written to the database.
 
-use super::Entity;
+use super::{Attributes, Entity};
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use uuid::Uuid;
 
 /// Lifecycle state of a project.
@@ -51,7 +50,7 @@ pub struct Project {
     pub start_date: Option<NaiveDate>,
     #[serde(default, deserialize_with = "strict_date")]
     pub end_date: Option<NaiveDate>,
-    pub attributes: Option<Value>,
+    pub attributes: Option<Attributes>,
 }
 
 /// A component of a project (a building part, a system, …).
@@ -65,7 +64,7 @@ pub struct Component {
     pub name: String,
     pub component_type: Option<String>,
     pub description: Option<String>,
-    pub attributes: Option<Value>,
+    pub attributes: Option<Attributes>,
 }
 
 /// An assembly: pieces joined under one mark.
@@ -81,7 +80,7 @@ pub struct Assembly {
     pub name: Option<String>,
     #[serde(default = "one")]
     pub quantity: i32,
-    pub attributes: Option<Value>,
+    pub attributes: Option<Attributes>,
 }
 
 /// A single manufactured piece of an assembly.
@@ -100,7 +99,7 @@ pub struct Piece {
     pub width_mm: Option<f64>,
     pub height_mm: Option<f64>,
     pub weight_kg: Option<f64>,
-    pub attributes: Option<Value>,
+    pub attributes: Option<Attributes>,
 }
 
 /// A catalogue article (profile, plate, bolt …) pieces are made of.
@@ -114,7 +113,7 @@ pub struct Article {
     pub name: String,
     pub unit: Option<String>,
     pub description: Option<String>,
-    pub attributes: Option<Value>,
+    pub attributes: Option<Attributes>,
 }
 
 fn one() -> i32 {

@@ -1,11 +1,13 @@
 //! The five entities: their types and validation. No I/O here.
 
+mod attributes;
 mod entity;
 mod fast;
 mod items;
 pub mod schema;
 mod validate;
 
+pub use attributes::Attributes;
 pub use entity::{Entity, UnknownEntity};
 pub use items::{
     Article, Assembly, Batch, Component, Piece, Project, ProjectStatus, Reference, SyncItem,

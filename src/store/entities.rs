@@ -6,11 +6,14 @@
 //! how a cross-tenant GUID is detected without ever reading the other
 //! tenant's row.
 
-use crate::domain::{Article, Assembly, Batch, Component, Entity, Piece, Project, SyncItem};
-use serde_json::Value;
+use crate::domain::{
+    Article, Assembly, Attributes, Batch, Component, Entity, Piece, Project, SyncItem,
+};
+use serde_json::value::RawValue;
 use sqlx::{
     postgres::{PgArguments, PgRow},
     query::Query,
+    types::Json,
     PgConnection, Postgres, Row,
 };
 use std::collections::{BTreeMap, HashSet};
@@ -135,9 +138,9 @@ fn column<'a, T, V>(items: &[&'a T], f: impl Fn(&'a T) -> V) -> Vec<V> {
 
 fn attributes<'a, T>(
     items: &[&'a T],
-    f: impl Fn(&'a T) -> &'a Option<Value>,
-) -> Vec<Option<Value>> {
-    column(items, |it| f(it).clone())
+    f: impl Fn(&'a T) -> &'a Option<Attributes>,
+) -> Vec<Option<Json<&'a RawValue>>> {
+    column(items, |it| f(it).as_ref().map(|a| Json(a.json())))
 }
 
 fn bind_projects<'q>(q: PgQuery<'q>, items: &[&'q Project]) -> PgQuery<'q> {
