@@ -84,6 +84,23 @@ pub struct BrokerRates {
     pub consume: Rate,
 }
 
+impl BrokerRates {
+    /// The better of two runs, publish and consume each on their own.
+    pub fn best_with(self, other: BrokerRates) -> BrokerRates {
+        let faster = |a: Rate, b: Rate| {
+            if b.items_per_sec > a.items_per_sec {
+                b
+            } else {
+                a
+            }
+        };
+        BrokerRates {
+            publish: faster(self.publish, other.publish),
+            consume: faster(self.consume, other.consume),
+        }
+    }
+}
+
 /// Publishes `bodies` persistently to a quorum queue with confirms, up to
 /// `window` unconfirmed at once, then consumes and acks them all.
 pub async fn broker(

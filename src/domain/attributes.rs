@@ -49,10 +49,23 @@ impl Attributes {
 }
 
 impl Attributes {
-    /// How deeply objects and arrays nest in it (an object of scalars is 1).
-    /// Kept as text, it escapes the parser's recursion limit, and PostgreSQL
-    /// refuses too deep a `jsonb`.
-    pub fn depth(&self) -> usize {
+    /// True when objects and arrays nest more than `limit` levels deep in it
+    /// (an object of scalars is one level). Kept as text, attributes escape
+    /// the parser's recursion limit, so this stands in for it.
+    pub fn nests_deeper_than(&self, limit: usize) -> bool {
+        // Depth never exceeds the number of opening brackets, and counting
+        // them is much cheaper than telling strings from structure.
+        let brackets = self
+            .0
+            .get()
+            .bytes()
+            .filter(|&b| b == b'{' || b == b'[')
+            .count();
+        brackets > limit && self.depth() > limit
+    }
+
+    /// How deeply objects and arrays nest in it.
+    fn depth(&self) -> usize {
         let (mut depth, mut deepest) = (0usize, 0usize);
         let (mut in_string, mut escaped) = (false, false);
         for &b in self.0.get().as_bytes() {
@@ -124,6 +137,19 @@ mod tests {
         assert_eq!(parsed("{}").depth(), 1);
         assert_eq!(parsed(r#"{"a": [1, {"b": "[[{{"}], "c": {}}"#).depth(), 3);
         assert_eq!(parsed(r#"{"a": "\"[", "b": "\\", "c": [[]]}"#).depth(), 3);
+    }
+
+    #[test]
+    fn nesting_is_compared_with_a_limit() {
+        let text = format!(
+            "{{\"a\": {}1{}, \"b\": \"[[[[\"}}",
+            "[".repeat(3),
+            "]".repeat(3)
+        );
+        let attributes = parsed(&text);
+        assert!(attributes.nests_deeper_than(3));
+        assert!(!attributes.nests_deeper_than(4));
+        assert!(!parsed(r#"{"b": "[[[[[["}"#).nests_deeper_than(1));
     }
 
     #[test]

@@ -83,7 +83,7 @@ const MAX_DEPTH: usize = 100;
 fn attributes(value: &Option<Attributes>) -> bool {
     value
         .as_ref()
-        .is_none_or(|a| a.is_object() && !a.contains_nul() && a.depth() <= MAX_DEPTH)
+        .is_none_or(|a| a.is_object() && !a.contains_nul() && !a.nests_deeper_than(MAX_DEPTH))
 }
 
 impl Rules for Project {
