@@ -4,8 +4,8 @@
 use super::{error::ApiError, prefer, progress, state::AppState};
 use crate::{
     auth::{access, Principal},
-    domain::{parse_batch, Batch, BatchError, Entity, FieldError},
-    queue::{results::Waiter, BatchMessage, PublishError, MESSAGE_VERSION},
+    domain::{parse_submission, Batch, BatchError, Entity, FieldError, Parsed},
+    queue::{results::Waiter, BatchMessage, PublishError},
     store::{
         idempotency::{self, Recorded},
         jobs, Job, NewJob,
@@ -46,6 +46,8 @@ pub struct SubmitParams {
 /// A submission that passed every check, ready to be queued.
 struct Submission {
     batch: Batch,
+    /// The request body, when its items can travel on as sent.
+    items_json: Option<Bytes>,
     dry_run: bool,
     request_hash: Vec<u8>,
     /// The request's trace, continued in the message.
@@ -86,7 +88,7 @@ pub async fn submit(
     } else {
         Vec::new()
     };
-    let batch = parse(&state, entity, body).await?;
+    let (batch, items_json) = parse(&state, entity, body).await?;
     let forbidden = access::forbidden_items(&principal, &batch);
     if !forbidden.is_empty() {
         return Err(ApiError::CompanyAccessDenied { indexes: forbidden });
@@ -95,6 +97,7 @@ pub async fn submit(
     let submission = Submission {
         request_hash,
         batch,
+        items_json,
         dry_run: params.dry_run,
         trace: trace.map_or_else(TraceContext::new_root, |Extension(t)| t),
     };
@@ -149,20 +152,27 @@ async fn queue(
 /// a 1000-piece body is milliseconds of CPU, which would stall the async
 /// workers, and parsing more batches at once than there are cores only
 /// multiplies the memory held by half-built JSON trees.
-async fn parse(state: &AppState, entity: Entity, body: Bytes) -> Result<Batch, ApiError> {
+/// Also returns the body when its items can be forwarded as sent.
+async fn parse(
+    state: &AppState,
+    entity: Entity,
+    body: Bytes,
+) -> Result<(Batch, Option<Bytes>), ApiError> {
     let _permit = state
         .parse_permits
         .acquire()
         .await
         .map_err(|_| ApiError::Internal("parse limiter closed".into()))?;
     let limit = state.settings.batch_limit(entity);
-    let parsed = tokio::task::spawn_blocking(move || parse_batch(entity, &body, limit))
+    let bytes = body.clone();
+    let parsed = tokio::task::spawn_blocking(move || parse_submission(entity, &bytes, limit))
         .await
         .map_err(|e| ApiError::Internal(format!("parsing panicked: {e}")))?;
-    parsed.map_err(|e| match e {
-        BatchError::TooLarge { .. } => ApiError::BatchTooLarge(e.to_string()),
-        BatchError::Invalid(errors) => ApiError::Validation(errors),
-    })
+    match parsed {
+        Ok(Parsed { batch, as_sent }) => Ok((batch, as_sent.then_some(body))),
+        Err(e @ BatchError::TooLarge { .. }) => Err(ApiError::BatchTooLarge(e.to_string())),
+        Err(BatchError::Invalid(errors)) => Err(ApiError::Validation(errors)),
+    }
 }
 
 fn body_error(state: &AppState, rejection: BytesRejection) -> ApiError {
@@ -262,6 +272,7 @@ async fn submit_new(
 ) -> Result<Accepted, ApiError> {
     let Submission {
         batch,
+        items_json,
         dry_run,
         trace,
         ..
@@ -288,14 +299,23 @@ async fn submit_new(
         jobs::insert_empty_succeeded(&state.pool, &new_job).await?
     } else {
         let job = jobs::insert_queued(&state.pool, &new_job).await?;
-        let message = BatchMessage {
-            version: MESSAGE_VERSION,
-            correlation_id,
-            company_guid: owner,
-            dry_run,
-            batch,
+        // The typed batch and the request body are dropped here: while the
+        // confirm is awaited, only the message bytes stay in memory.
+        let body = match items_json {
+            Some(items) => {
+                drop(batch);
+                BatchMessage::forwarded(
+                    correlation_id,
+                    owner,
+                    dry_run,
+                    new_job.entity,
+                    &items,
+                    &guids,
+                )
+            }
+            None => BatchMessage::new(correlation_id, owner, dry_run, batch).to_json(),
         };
-        publish(state, job, shard, message, trace.child()).await?
+        publish(state, job, shard, &body, trace.child()).await?
     };
     let entity = new_job.entity.as_str();
     metrics::counter!(m::JOBS_SUBMITTED, "entity" => entity).increment(1);
@@ -309,10 +329,14 @@ async fn publish(
     state: &AppState,
     job: Job,
     shard: u16,
-    message: BatchMessage,
+    body: &[u8],
     trace: TraceContext,
 ) -> Result<Job, ApiError> {
-    let Err(error) = state.publisher.publish_batch(shard, message, trace).await else {
+    let published =
+        state
+            .publisher
+            .publish_batch(shard, job.correlation_id, job.entity.0, body, trace);
+    let Err(error) = published.await else {
         return Ok(job);
     };
     tracing::warn!(%error, "publish not confirmed; withdrawing the job");

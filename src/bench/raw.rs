@@ -2,11 +2,7 @@
 //! statement driven directly, and the broker with pipelined confirms.
 
 use super::{data::TenantLoad, stats::Rate, BenchError};
-use crate::{
-    domain::Batch,
-    queue::{BatchMessage, MESSAGE_VERSION},
-    store,
-};
+use crate::{domain::Batch, queue::BatchMessage, store};
 use futures_util::{stream::FuturesUnordered, StreamExt};
 use lapin::{
     options::{
@@ -65,13 +61,8 @@ pub fn message_bodies(loads: &[TenantLoad]) -> Vec<(usize, Vec<u8>)> {
         .iter()
         .flat_map(|l| {
             l.batches.iter().map(move |items| {
-                let message = BatchMessage {
-                    version: MESSAGE_VERSION,
-                    correlation_id: Uuid::now_v7(),
-                    company_guid: l.company,
-                    dry_run: false,
-                    batch: Batch::Pieces(items.clone()),
-                };
+                let batch = Batch::Pieces(items.clone());
+                let message = BatchMessage::new(Uuid::now_v7(), l.company, false, batch);
                 (items.len(), message.to_json())
             })
         })

@@ -240,6 +240,15 @@ impl Batch {
         with_items!(self, |items| items.iter().map(SyncItem::guid).collect())
     }
 
+    /// Gives the items these GUIDs, in order (as many as there are items).
+    pub fn assign_guids(&mut self, guids: &[Uuid]) {
+        with_items!(self, |items| {
+            for (item, guid) in items.iter_mut().zip(guids) {
+                item.guid = *guid;
+            }
+        })
+    }
+
     /// Every item's company, in submission order.
     pub fn companies(&self) -> Vec<Uuid> {
         with_items!(self, |items| items

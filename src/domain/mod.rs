@@ -12,4 +12,4 @@ pub use entity::{Entity, UnknownEntity};
 pub use items::{
     Article, Assembly, Batch, Component, Piece, Project, ProjectStatus, Reference, SyncItem,
 };
-pub use validate::{parse_batch, BatchError, FieldError};
+pub use validate::{parse_batch, parse_submission, BatchError, FieldError, Parsed};

@@ -50,13 +50,33 @@ pub enum BatchError {
     Invalid(Vec<FieldError>),
 }
 
+/// A validated batch, and whether the body's items may travel on as sent.
+#[derive(Debug)]
+pub struct Parsed {
+    pub batch: Batch,
+    /// The body parses to `batch` (bar the GUIDs it lacks) with the item
+    /// types alone, so the worker can read it as it is.
+    pub as_sent: bool,
+}
+
 /// Parses and validates a request body of `entity` items, assigning a new
 /// UUIDv7 to every item without a GUID. `limit` is the entity's batch limit.
-pub fn parse_batch(entity: Entity, body: &[u8], limit: usize) -> Result<Batch, BatchError> {
+pub fn parse_submission(entity: Entity, body: &[u8], limit: usize) -> Result<Parsed, BatchError> {
     match super::fast::parse_valid(entity, body, limit) {
-        Some(outcome) => outcome,
-        None => walk(entity, body, limit),
+        Some(outcome) => outcome.map(|batch| Parsed {
+            batch,
+            as_sent: true,
+        }),
+        None => walk(entity, body, limit).map(|batch| Parsed {
+            batch,
+            as_sent: false,
+        }),
     }
+}
+
+/// [`parse_submission`]'s batch.
+pub fn parse_batch(entity: Entity, body: &[u8], limit: usize) -> Result<Batch, BatchError> {
+    parse_submission(entity, body, limit).map(|parsed| parsed.batch)
 }
 
 /// The thorough path: walks every field of every item and collects every

@@ -4,7 +4,8 @@
 //! reopened after any failure; a publish never waits longer than the
 //! confirm timeout, so a request never hangs on a dead broker.
 
-use super::{envelope::BatchMessage, topology::Topology};
+use super::topology::Topology;
+use crate::domain::Entity;
 use crate::telemetry::{metrics as m, trace::TraceContext};
 use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
@@ -229,15 +230,11 @@ impl Publisher {
     pub async fn publish_batch(
         &self,
         shard: u16,
-        message: BatchMessage,
+        correlation_id: Uuid,
+        entity: Entity,
+        body: &[u8],
         trace: TraceContext,
     ) -> Result<(), PublishError> {
-        // Serialised, then the typed batch is dropped: while the confirm is
-        // awaited, only the bytes stay in memory.
-        let body = message.to_json();
-        let entity = message.batch.entity();
-        let correlation_id = message.correlation_id;
-        drop(message);
         let mut headers = FieldTable::default();
         headers.insert(
             "traceparent".into(),
@@ -251,7 +248,7 @@ impl Publisher {
         self.publish(
             &self.topology.requests_exchange(),
             &shard.to_string(),
-            &body,
+            body,
             properties,
         )
         .await

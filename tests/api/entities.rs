@@ -16,7 +16,7 @@ use std::{
 use sync_ingest::{
     app::topology,
     domain::{parse_batch, Entity},
-    queue::{BatchMessage, MESSAGE_VERSION},
+    queue::BatchMessage,
 };
 use uuid::Uuid;
 
@@ -274,6 +274,47 @@ fn assert_no_leak(text: &str, secrets: &[Uuid]) {
     }
 }
 
+/// Items the api forwards as sent (no GUID, attributes as written) and items
+/// it must rewrite first (`null` for defaulted fields) land alike.
+#[tokio::test]
+async fn forwarded_and_rewritten_items_land_at_the_guids_the_api_answered() {
+    let app = TestApp::spawn().await;
+    let company = company();
+    let token = app.writer(company).await;
+    let mut as_sent = item("pieces", company);
+    as_sent["attributes"] = json!({"grade": "S355", "list": [1, 2.5, null]});
+    let mut nulls = item("pieces", company);
+    nulls["quantity"] = Value::Null;
+    nulls["guid"] = Value::Null;
+
+    for body in [
+        json!([as_sent.clone(), as_sent]),
+        json!([nulls.clone(), nulls]),
+    ] {
+        let accepted = app.accepted("pieces", &token, &body).await;
+        let guids: Vec<Uuid> = serde_json::from_value(accepted["guids"].clone()).expect("guids");
+        let id = accepted["correlation_id"].as_str().expect("correlation id");
+        let job = app.finished_job(id, &token).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        assert_eq!(job["inserted"], 2, "{job}");
+        assert_ne!(guids[0], guids[1]);
+        for (guid, sent) in guids.iter().zip(body.as_array().expect("items")) {
+            let row = app
+                .row("pieces", *guid)
+                .await
+                .expect("row at the answered guid");
+            let quantity = if sent["quantity"].is_null() {
+                json!(1)
+            } else {
+                sent["quantity"].clone()
+            };
+            assert_eq!(row["quantity"], quantity, "{row}");
+            assert_eq!(row["attributes"], sent["attributes"], "{row}");
+        }
+    }
+    assert_eq!(app.count("pieces").await, 4);
+}
+
 #[tokio::test]
 async fn a_guid_owned_by_another_company_fails_the_job_and_writes_nothing() {
     let app = TestApp::spawn().await;
@@ -488,13 +529,7 @@ impl Amqp {
 fn message_for(entity: Entity, id: Uuid, company: Uuid, body: &Value) -> BatchMessage {
     let bytes = serde_json::to_vec(body).expect("json");
     let batch = parse_batch(entity, &bytes, usize::MAX).expect("valid batch");
-    BatchMessage {
-        version: MESSAGE_VERSION,
-        correlation_id: id,
-        company_guid: company,
-        dry_run: false,
-        batch,
-    }
+    BatchMessage::new(id, company, false, batch)
 }
 
 #[tokio::test]
