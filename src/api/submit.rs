@@ -149,10 +149,10 @@ async fn queue(
 }
 
 /// Parses and validates on the blocking pool, a few batches at a time:
-/// a 1000-piece body is milliseconds of CPU, which would stall the async
-/// workers, and parsing more batches at once than there are cores only
-/// multiplies the memory held by half-built JSON trees.
-/// Also returns the body when its items can be forwarded as sent.
+/// a 1000-piece body is a millisecond or more of CPU, which would stall the
+/// async workers, and parsing more batches at once than there are cores
+/// only multiplies the memory held by half-built batches. Also returns the
+/// body when its items can be forwarded as sent.
 async fn parse(
     state: &AppState,
     entity: Entity,
