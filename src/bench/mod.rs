@@ -142,14 +142,16 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
     );
 
     // 2. Raw broker.
-    let bodies = raw::message_bodies(&loads);
     let mut broker: Option<raw::BrokerRates> = None;
     for _ in 0..RAW_BROKER_RUNS {
-        let queue = format!(
+        let mut settings = base.clone();
+        settings.queue_prefix = format!(
             "bench_raw_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..10]
         );
-        let run = raw::broker(&base.amqp_url, &queue, &bodies, args.publish_window).await?;
+        let topology = crate::app::topology(&settings);
+        let messages = raw::messages(&loads, &topology);
+        let run = raw::broker(&base.amqp_url, &topology, &messages, args.publish_window).await?;
         broker = Some(match broker {
             Some(best) => best.best_with(run),
             None => run,

@@ -2,14 +2,18 @@
 //! statement driven directly, and the broker with pipelined confirms.
 
 use super::{data::TenantLoad, stats::Rate, BenchError};
-use crate::{domain::Batch, queue::BatchMessage, store};
+use crate::{
+    domain::Batch,
+    queue::{BatchMessage, Topology},
+    store,
+};
 use futures_util::{stream::FuturesUnordered, StreamExt};
 use lapin::{
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+        ConfirmSelectOptions,
     },
-    types::{AMQPValue, FieldTable},
+    types::FieldTable,
     BasicProperties, Connection, ConnectionProperties,
 };
 use sqlx::{Acquire, PgPool};
@@ -55,15 +59,27 @@ pub async fn database(
     Ok(Rate::new(items, started.elapsed()))
 }
 
-/// The message bodies the api would publish for these loads.
-pub fn message_bodies(loads: &[TenantLoad]) -> Vec<(usize, Vec<u8>)> {
+/// One message of the raw broker baseline.
+pub struct RawMessage {
+    pub items: usize,
+    pub shard: u16,
+    pub body: Vec<u8>,
+}
+
+/// The messages the api would publish for these loads.
+pub fn messages(loads: &[TenantLoad], topology: &Topology) -> Vec<RawMessage> {
     loads
         .iter()
         .flat_map(|l| {
+            let shard = topology.shard_for(l.company);
             l.batches.iter().map(move |items| {
                 let batch = Batch::Pieces(items.clone());
                 let message = BatchMessage::new(Uuid::now_v7(), l.company, false, batch);
-                (items.len(), message.to_json())
+                RawMessage {
+                    items: items.len(),
+                    shard,
+                    body: message.to_json(),
+                }
             })
         })
         .collect()
@@ -92,39 +108,29 @@ impl BrokerRates {
     }
 }
 
-/// Publishes `bodies` persistently to a quorum queue with confirms, up to
-/// `window` unconfirmed at once, then consumes and acks them all.
+/// Publishes `messages` as the api does — persistent, mandatory, through
+/// the requests exchange into their shards' quorum queues, declared with the
+/// service's own topology — with up to `window` confirms outstanding, then
+/// consumes and acks them all. Nothing else happens: the broker's limit for
+/// the service's traffic.
 pub async fn broker(
     url: &str,
-    queue: &str,
-    bodies: &[(usize, Vec<u8>)],
+    topology: &Topology,
+    messages: &[RawMessage],
     window: usize,
 ) -> Result<BrokerRates, BenchError> {
-    let items: usize = bodies.iter().map(|(n, _)| n).sum();
+    let items: usize = messages.iter().map(|m| m.items).sum();
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            args,
-        )
-        .await?;
+    topology.declare(&channel).await?;
+    let exchange = topology.requests_exchange();
 
     let started = Instant::now();
     let mut in_flight = FuturesUnordered::new();
-    for (_, body) in bodies {
+    for message in messages {
         if in_flight.len() >= window {
             if let Some(confirm) = in_flight.next().await {
                 check_ack(confirm)?;
@@ -132,10 +138,13 @@ pub async fn broker(
         }
         let confirm = channel
             .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                body,
+                exchange.as_str().into(),
+                message.shard.to_string().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &message.body,
                 BasicProperties::default()
                     .with_delivery_mode(2)
                     .with_content_type("application/json".into()),
@@ -152,27 +161,31 @@ pub async fn broker(
     consumer_channel
         .basic_qos(100, BasicQosOptions::default())
         .await?;
-    let mut consumer = consumer_channel
-        .basic_consume(
-            queue.into(),
-            "bench".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumers = Vec::new();
+    for queue in topology.request_queues() {
+        let consumer = consumer_channel
+            .basic_consume(
+                queue.as_str().into(),
+                format!("bench-{queue}").into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        consumers.push(consumer);
+    }
+    let mut deliveries = futures_util::stream::select_all(consumers);
     let started = Instant::now();
-    for _ in 0..bodies.len() {
-        let Some(delivery) = consumer.next().await else {
+    for _ in 0..messages.len() {
+        let Some(delivery) = deliveries.next().await else {
             break;
         };
         delivery?.ack(BasicAckOptions::default()).await?;
     }
     let consume = Rate::new(items, started.elapsed());
+    drop(deliveries);
     let _ = consumer_channel.close(200, "consumed".into()).await;
-    let _ = channel
-        .queue_delete(queue.into(), QueueDeleteOptions::default())
-        .await;
     let _ = connection.close(200, "bench done".into()).await;
+    topology.remove(url).await;
     Ok(BrokerRates { publish, consume })
 }
 
