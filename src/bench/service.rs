@@ -176,12 +176,13 @@ impl Stack {
                         .body(body)
                         .send()
                         .await?;
+                    let status = response.status();
+                    // Read to the end, as a client does: a connection whose
+                    // answer was left unread cannot be reused.
+                    response.bytes().await?;
                     latencies.push(sent.elapsed());
-                    if response.status() != reqwest::StatusCode::ACCEPTED {
-                        return Err(BenchError::Service(format!(
-                            "submission answered {}",
-                            response.status()
-                        )));
+                    if status != reqwest::StatusCode::ACCEPTED {
+                        return Err(BenchError::Service(format!("submission answered {status}")));
                     }
                     accepted += items;
                 }
