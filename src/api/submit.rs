@@ -298,9 +298,9 @@ async fn submit_new(
     let job = if batch.is_empty() {
         jobs::insert_empty_succeeded(&state.pool, &new_job).await?
     } else {
-        let job = jobs::insert_queued(&state.pool, &new_job).await?;
-        // The typed batch and the request body are dropped here: while the
-        // confirm is awaited, only the message bytes stay in memory.
+        // The message is built first, and the typed batch and the request
+        // body dropped: through the job insert and the confirm, only the
+        // message bytes stay in memory.
         let body = match items_json {
             Some(items) => {
                 drop(batch);
@@ -315,7 +315,8 @@ async fn submit_new(
             }
             None => BatchMessage::new(correlation_id, owner, dry_run, batch).to_json(),
         };
-        publish(state, job, shard, &body, trace.child()).await?
+        let job = jobs::insert_queued(&state.pool, &new_job).await?;
+        publish(state, job, shard, body, trace.child()).await?
     };
     let entity = new_job.entity.as_str();
     metrics::counter!(m::JOBS_SUBMITTED, "entity" => entity).increment(1);
@@ -329,7 +330,7 @@ async fn publish(
     state: &AppState,
     job: Job,
     shard: u16,
-    body: &[u8],
+    body: Vec<u8>,
     trace: TraceContext,
 ) -> Result<Job, ApiError> {
     let published =

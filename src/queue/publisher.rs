@@ -161,11 +161,13 @@ impl Publisher {
 
     /// Publishes `body` persistently and mandatorily, and waits for the
     /// broker's confirm. Only `Ok` means the message is durably queued.
+    /// `body` is dropped once handed to the connection: a batch is hundreds
+    /// of KiB, and it need not wait for the confirm in memory twice.
     pub async fn publish(
         &self,
         exchange: &str,
         routing_key: &str,
-        body: &[u8],
+        body: Vec<u8>,
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
         let link = self.link().await?;
@@ -179,17 +181,18 @@ impl Publisher {
             .with_delivery_mode(2)
             .with_content_type("application/json".into());
         let started = Instant::now();
-        let confirmed = tokio::time::timeout(self.confirm_timeout, async {
-            channel
+        let confirmed = tokio::time::timeout(self.confirm_timeout, async move {
+            let confirm = channel
                 .basic_publish(
                     exchange.into(),
                     routing_key.into(),
                     options,
-                    body,
+                    &body,
                     properties,
                 )
-                .await?
-                .await
+                .await?;
+            drop(body);
+            confirm.await
         })
         .await;
         let outcome = match &confirmed {
@@ -232,7 +235,7 @@ impl Publisher {
         shard: u16,
         correlation_id: Uuid,
         entity: Entity,
-        body: &[u8],
+        body: Vec<u8>,
         trace: TraceContext,
     ) -> Result<(), PublishError> {
         let mut headers = FieldTable::default();
@@ -272,7 +275,12 @@ impl Publisher {
             properties = properties.with_headers(headers);
         }
         match self
-            .publish(&self.topology.results(), routing_key, body, properties)
+            .publish(
+                &self.topology.results(),
+                routing_key,
+                body.to_vec(),
+                properties,
+            )
             .await
         {
             // A result nobody is bound to hear is not an error: the job row
