@@ -142,15 +142,16 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
     );
 
     // 2. Raw broker.
+    let messages = raw::messages(&loads, &crate::app::topology(&base));
     let mut broker: Option<raw::BrokerRates> = None;
     for _ in 0..RAW_BROKER_RUNS {
+        // Fresh queues each run, named apart from any running service's.
         let mut settings = base.clone();
         settings.queue_prefix = format!(
             "bench_raw_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..10]
         );
         let topology = crate::app::topology(&settings);
-        let messages = raw::messages(&loads, &topology);
         let run = raw::broker(&base.amqp_url, &topology, &messages, args.publish_window).await?;
         broker = Some(match broker {
             Some(best) => best.best_with(run),
