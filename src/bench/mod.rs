@@ -10,14 +10,17 @@
 //! 4. drain: a `sync-ingest worker` applying that backlog;
 //! 5. end to end: api and worker together under sustained load.
 
+mod cpu;
 mod data;
 mod raw;
 mod service;
 mod stats;
 
 use crate::config::Settings;
+use cpu::{CpuMeter, CpuPerItem};
 use serde::Serialize;
 use stats::{Latency, Rate};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Arguments of `sync-ingest bench`.
@@ -95,6 +98,8 @@ pub struct Report {
     pub worker_peak_rss_mb: Option<f64>,
     pub end_to_end: Rate,
     pub end_to_end_job_latency: Latency,
+    /// CPU microseconds per item of each process, by phase.
+    pub cpu_us_per_item: BTreeMap<&'static str, CpuPerItem>,
     pub ratios: Ratios,
 }
 
@@ -143,6 +148,7 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
 
     // 2. Raw broker.
     let messages = raw::messages(&loads, &crate::app::topology(&base));
+    let broker_pid = cpu::broker_pid();
     let mut broker: Option<raw::BrokerRates> = None;
     for _ in 0..RAW_BROKER_RUNS {
         // Fresh queues each run, named apart from any running service's.
@@ -152,7 +158,14 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
             &uuid::Uuid::new_v4().simple().to_string()[..10]
         );
         let topology = crate::app::topology(&settings);
-        let run = raw::broker(&base.amqp_url, &topology, &messages, args.publish_window).await?;
+        let run = raw::broker(
+            &base.amqp_url,
+            &topology,
+            &messages,
+            args.publish_window,
+            broker_pid,
+        )
+        .await?;
         broker = Some(match broker {
             Some(best) => best.best_with(run),
             None => run,
@@ -160,38 +173,54 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
     }
     let broker = broker.expect("at least one raw broker run");
     eprintln!(
-        "bench: raw broker publish  {:>9.0} items/s, consume {:.0} items/s",
-        broker.publish.items_per_sec, broker.consume.items_per_sec
+        "bench: raw broker publish  {:>9.0} items/s, consume {:.0} items/s; {}",
+        broker.publish.items_per_sec,
+        broker.consume.items_per_sec,
+        cpu::describe(&broker.publish_cpu)
     );
 
     // 3. Intake, then 4. drain, on one stack.
     let mut stack = service::Stack::new(&base, "intake").await?;
     stack.start_api().await?;
-    let (intake, intake_latency) = stack.submit(&loads, args.concurrency).await?;
+    let requests = stack.requests(&loads).await?;
+    let meter = CpuMeter::bench_and_broker(broker_pid).with("api", stack.api_pid());
+    let (intake, intake_latency) = stack.submit(requests, args.concurrency).await?;
+    let intake_cpu = meter.settled_per_item(items).await;
     let (api_rss, _) = stack.peak_rss();
     eprintln!(
-        "bench: intake             {:>9.0} items/s (p50 {:.1} ms, p99 {:.1} ms)",
-        intake.items_per_sec, intake_latency.p50_ms, intake_latency.p99_ms
+        "bench: intake             {:>9.0} items/s (p50 {:.1} ms, p99 {:.1} ms); {}",
+        intake.items_per_sec,
+        intake_latency.p50_ms,
+        intake_latency.p99_ms,
+        cpu::describe(&intake_cpu)
     );
     let drain_started = Instant::now();
     stack.start_worker()?;
+    let meter = CpuMeter::start([("broker", broker_pid), ("worker", stack.worker_pid())]);
     stack.wait_drained(Duration::from_secs(900)).await?;
     let drain = Rate::new(items, drain_started.elapsed());
+    let drain_cpu = meter.settled_per_item(items).await;
     let (_, worker_rss) = stack.peak_rss();
     stack.teardown().await;
     eprintln!(
-        "bench: drain              {:>9.0} items/s",
-        drain.items_per_sec
+        "bench: drain              {:>9.0} items/s; {}",
+        drain.items_per_sec,
+        cpu::describe(&drain_cpu)
     );
 
     // 5. End to end.
     let mut stack = service::Stack::new(&base, "e2e").await?;
     stack.start_api().await?;
     stack.start_worker()?;
+    let requests = stack.requests(&loads).await?;
+    let meter = CpuMeter::bench_and_broker(broker_pid)
+        .with("api", stack.api_pid())
+        .with("worker", stack.worker_pid());
     let started = Instant::now();
-    stack.submit(&loads, args.concurrency).await?;
+    stack.submit(requests, args.concurrency).await?;
     stack.wait_drained(Duration::from_secs(900)).await?;
     let end_to_end = Rate::new(items, started.elapsed());
+    let end_to_end_cpu = meter.settled_per_item(items).await;
     let end_to_end_job_latency = stack.job_latencies().await?;
     stack.teardown().await;
     eprintln!(
@@ -221,6 +250,12 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
         worker_peak_rss_mb: mb(worker_rss),
         end_to_end,
         end_to_end_job_latency,
+        cpu_us_per_item: BTreeMap::from([
+            ("raw_broker_publish", broker.publish_cpu),
+            ("intake", intake_cpu),
+            ("drain", drain_cpu),
+            ("end_to_end", end_to_end_cpu),
+        ]),
         ratios,
     };
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
@@ -231,7 +266,7 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
 /// The human summary printed at the end of a run.
 pub fn summary(report: &Report) -> String {
     let r = &report.ratios;
-    format!(
+    let figures = format!(
         "intake     {:>9.0} items/s = {:.2} × raw broker publish ({:.0}/s); api peak RSS {}\n\
          drain      {:>9.0} items/s = {:.2} × raw db upsert ({:.0}/s); worker peak RSS {}\n\
          end to end {:>9.0} items/s = {:.2} × raw db upsert; job latency p99 {:.0} ms",
@@ -250,5 +285,10 @@ pub fn summary(report: &Report) -> String {
         report.end_to_end.items_per_sec,
         r.end_to_end_vs_db_upsert,
         report.end_to_end_job_latency.p99_ms,
-    )
+    );
+    let cpu = report
+        .cpu_us_per_item
+        .iter()
+        .map(|(phase, cpu)| format!("\ncpu {phase:<18} {}", cpu::describe(cpu)));
+    figures + &cpu.collect::<String>()
 }

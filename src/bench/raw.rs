@@ -1,6 +1,7 @@
 //! The raw limits the service is measured against: the worker's upsert
 //! statement driven directly, and the broker with pipelined confirms.
 
+use super::cpu::{CpuMeter, CpuPerItem};
 use super::{data::TenantLoad, stats::Rate, BenchError};
 use crate::{
     domain::Batch,
@@ -89,21 +90,27 @@ pub fn messages(loads: &[TenantLoad], topology: &Topology) -> Vec<RawMessage> {
 pub struct BrokerRates {
     pub publish: Rate,
     pub consume: Rate,
+    /// CPU the publisher and the broker spent per item while publishing.
+    pub publish_cpu: CpuPerItem,
 }
 
 impl BrokerRates {
     /// The better of two runs, publish and consume each on their own.
     pub fn best_with(self, other: BrokerRates) -> BrokerRates {
-        let faster = |a: Rate, b: Rate| {
-            if b.items_per_sec > a.items_per_sec {
-                b
-            } else {
-                a
-            }
+        let consume = if other.consume.items_per_sec > self.consume.items_per_sec {
+            other.consume
+        } else {
+            self.consume
+        };
+        let (publish, publish_cpu) = if other.publish.items_per_sec > self.publish.items_per_sec {
+            (other.publish, other.publish_cpu)
+        } else {
+            (self.publish, self.publish_cpu)
         };
         BrokerRates {
-            publish: faster(self.publish, other.publish),
-            consume: faster(self.consume, other.consume),
+            publish,
+            consume,
+            publish_cpu,
         }
     }
 }
@@ -118,6 +125,7 @@ pub async fn broker(
     topology: &Topology,
     messages: &[RawMessage],
     window: usize,
+    broker_pid: Option<u32>,
 ) -> Result<BrokerRates, BenchError> {
     let items: usize = messages.iter().map(|m| m.items).sum();
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
@@ -128,6 +136,7 @@ pub async fn broker(
     topology.declare(&channel).await?;
     let exchange = topology.requests_exchange();
 
+    let cpu = CpuMeter::bench_and_broker(broker_pid);
     let started = Instant::now();
     let mut in_flight = FuturesUnordered::new();
     for message in messages {
@@ -156,6 +165,7 @@ pub async fn broker(
         check_ack(confirm)?;
     }
     let publish = Rate::new(items, started.elapsed());
+    let publish_cpu = cpu.settled_per_item(items).await;
 
     let consumer_channel = connection.create_channel().await?;
     consumer_channel
@@ -186,7 +196,11 @@ pub async fn broker(
     let _ = consumer_channel.close(200, "consumed".into()).await;
     let _ = connection.close(200, "bench done".into()).await;
     topology.remove(url).await;
-    Ok(BrokerRates { publish, consume })
+    Ok(BrokerRates {
+        publish,
+        consume,
+        publish_cpu,
+    })
 }
 
 fn check_ack(confirm: lapin::Result<lapin::Confirmation>) -> Result<(), BenchError> {

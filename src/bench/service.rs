@@ -16,6 +16,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// A prepared submission: bearer token, item count, body.
+pub type Request = (String, usize, Vec<u8>);
+
 /// A throw-away deployment: its own database, prefix and processes.
 pub struct Stack {
     settings: Settings,
@@ -105,11 +108,21 @@ impl Stack {
         Ok(())
     }
 
+    /// The api's process id.
+    pub fn api_pid(&self) -> Option<u32> {
+        self.api.as_ref().map(|(c, _)| c.id())
+    }
+
+    /// The first worker's process id.
+    pub fn worker_pid(&self) -> Option<u32> {
+        self.workers.first().map(Child::id)
+    }
+
     /// Peak RSS of the api and of the first worker.
     pub fn peak_rss(&self) -> (Option<u64>, Option<u64>) {
         (
-            self.api.as_ref().and_then(|(c, _)| peak_rss(c.id())),
-            self.workers.first().and_then(|c| peak_rss(c.id())),
+            self.api_pid().and_then(peak_rss),
+            self.worker_pid().and_then(peak_rss),
         )
     }
 
@@ -121,14 +134,10 @@ impl Stack {
         Ok(format!("http://127.0.0.1:{port}"))
     }
 
-    /// POSTs every batch, `concurrency` at a time (each tenant's batches in
-    /// order), and returns the accepted rate and the request latencies.
-    pub async fn submit(
-        &self,
-        loads: &[TenantLoad],
-        concurrency: usize,
-    ) -> Result<(Rate, Latency), BenchError> {
-        let base = self.base_url()?;
+    /// Every batch as a request (token, item count, body), tenants
+    /// interleaved so every shard has work from the start; built ahead so
+    /// that serialising them is not counted as the client's work.
+    pub async fn requests(&self, loads: &[TenantLoad]) -> Result<Vec<Request>, BenchError> {
         let mut tokens = Vec::new();
         for load in loads {
             let key = api_key::issue(
@@ -140,7 +149,6 @@ impl Stack {
             .await?;
             tokens.push(key.token);
         }
-        // Interleave tenants so every shard has work from the start.
         let mut work = Vec::new();
         let longest = loads.iter().map(|l| l.batches.len()).max().unwrap_or(0);
         for round in 0..longest {
@@ -150,7 +158,18 @@ impl Stack {
                 }
             }
         }
-        let work = Arc::new(Mutex::new(work.into_iter()));
+        Ok(work)
+    }
+
+    /// POSTs every request, `concurrency` at a time (each tenant's batches
+    /// in order), and returns the accepted rate and the request latencies.
+    pub async fn submit(
+        &self,
+        requests: Vec<Request>,
+        concurrency: usize,
+    ) -> Result<(Rate, Latency), BenchError> {
+        let base = self.base_url()?;
+        let work = Arc::new(Mutex::new(requests.into_iter()));
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(concurrency)
             .build()?;

@@ -1,0 +1,155 @@
+//! CPU time the processes of a phase spent, per item.
+//!
+//! Rates on a 2-core machine move with whatever else it is doing (the raw
+//! publish rate alone swings by a third between runs); the CPU each process
+//! spends per item hardly moves, so it is the figure that shows what an
+//! optimisation bought and which process a phase is short of cores for.
+//! Linux only (`/proc`); elsewhere the figures are absent.
+
+use std::collections::BTreeMap;
+
+/// Clock ticks per second of `/proc/*/stat` times. `USER_HZ` is part of
+/// Linux's user-space ABI and 100 on every architecture it runs on.
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// The process that runs RabbitMQ when the broker is on this machine.
+const BROKER_COMMAND: &str = "beam.smp";
+
+/// Total user + system CPU seconds of a process, all threads included.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields count from its end.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / TICKS_PER_SEC)
+}
+
+/// The local broker's process, if there is one.
+pub fn broker_pid() -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let command = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            (command.trim() == BROKER_COMMAND).then_some(pid)
+        })
+}
+
+/// How long to wait for the processes to go quiet, in steps.
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+const SETTLE_STEP: std::time::Duration = std::time::Duration::from_millis(200);
+/// Quiet: all processes together use less than this share of one core.
+const QUIET_SHARE: f64 = 0.1;
+
+/// CPU microseconds per item, by process role (`api`, `broker`, `bench` …).
+pub type CpuPerItem = BTreeMap<&'static str, f64>;
+
+/// CPU clocks of a few processes, started at one moment.
+pub struct CpuMeter {
+    start: Vec<(&'static str, u32, f64)>,
+}
+
+impl CpuMeter {
+    /// Starts counting for these (role, pid) pairs; unreadable ones are left
+    /// out.
+    pub fn start(processes: impl IntoIterator<Item = (&'static str, Option<u32>)>) -> Self {
+        let start = processes
+            .into_iter()
+            .filter_map(|(role, pid)| {
+                let pid = pid?;
+                Some((role, pid, cpu_seconds(pid)?))
+            })
+            .collect();
+        CpuMeter { start }
+    }
+
+    /// The usual cast: this benchmark process and the local broker.
+    pub fn bench_and_broker(broker: Option<u32>) -> Self {
+        CpuMeter::start([("bench", Some(std::process::id())), ("broker", broker)])
+    }
+
+    /// Adds a process to count from now.
+    pub fn with(mut self, role: &'static str, pid: Option<u32>) -> Self {
+        if let Some((pid, seconds)) = pid.and_then(|pid| Some((pid, cpu_seconds(pid)?))) {
+            self.start.push((role, pid, seconds));
+        }
+        self
+    }
+
+    /// CPU spent since the start, in microseconds per item, read once the
+    /// processes have gone quiet: a broker confirms a message once it is in
+    /// its log and writes it on afterwards, so work a phase caused goes on
+    /// for a moment after the phase (up to `SETTLE_LIMIT`).
+    pub async fn settled_per_item(&self, items: usize) -> CpuPerItem {
+        let started = std::time::Instant::now();
+        let mut last = self.total();
+        while started.elapsed() < SETTLE_LIMIT {
+            tokio::time::sleep(SETTLE_STEP).await;
+            let now = self.total();
+            if now - last < QUIET_SHARE * SETTLE_STEP.as_secs_f64() {
+                break;
+            }
+            last = now;
+        }
+        self.per_item(items)
+    }
+
+    fn total(&self) -> f64 {
+        self.start
+            .iter()
+            .filter_map(|&(_, pid, _)| cpu_seconds(pid))
+            .sum()
+    }
+
+    /// CPU spent since the start, in microseconds per item.
+    pub fn per_item(&self, items: usize) -> CpuPerItem {
+        let items = items.max(1) as f64;
+        self.start
+            .iter()
+            .filter_map(|&(role, pid, start)| {
+                let spent = cpu_seconds(pid)? - start;
+                Some((role, spent * 1e6 / items))
+            })
+            .collect()
+    }
+}
+
+/// `api 2.10, broker 1.30, bench 0.20 µs/item`, for the console.
+pub fn describe(cpu: &CpuPerItem) -> String {
+    if cpu.is_empty() {
+        return "n/a".into();
+    }
+    let parts: Vec<String> = cpu
+        .iter()
+        .map(|(role, us)| format!("{role} {us:.2}"))
+        .collect();
+    format!("{} µs CPU/item", parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_spends_cpu_when_it_works() {
+        let meter = CpuMeter::start([("bench", Some(std::process::id()))]);
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(200) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let cpu = meter.per_item(1);
+        // 200 ms of spinning is at least 100 ms of CPU, even on a busy box.
+        assert!(cpu["bench"] >= 100_000.0, "{cpu:?}");
+        assert!(!describe(&cpu).is_empty());
+    }
+
+    #[test]
+    fn a_missing_process_is_left_out() {
+        let meter = CpuMeter::start([("gone", Some(u32::MAX))]);
+        assert!(meter.per_item(10).is_empty());
+        assert_eq!(describe(&meter.per_item(10)), "n/a");
+    }
+}
