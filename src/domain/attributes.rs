@@ -30,7 +30,7 @@ impl Attributes {
     pub fn contains_nul(&self) -> bool {
         let bytes = self.0.get().as_bytes();
         let mut at = 0;
-        while let Some(offset) = bytes[at..].iter().position(|&b| b == b'\\') {
+        while let Some(offset) = memchr::memchr(b'\\', &bytes[at..]) {
             let escape = at + offset;
             if bytes.get(escape + 1) == Some(&b'u') {
                 if bytes.get(escape + 2..escape + 6) == Some(b"0000") {
@@ -53,14 +53,15 @@ impl Attributes {
     /// (an object of scalars is one level). Kept as text, attributes escape
     /// the parser's recursion limit, so this stands in for it.
     pub fn nests_deeper_than(&self, limit: usize) -> bool {
-        // Depth never exceeds the number of opening brackets, and counting
-        // them is much cheaper than telling strings from structure.
-        let brackets = self
-            .0
-            .get()
-            .bytes()
-            .filter(|&b| b == b'{' || b == b'[')
-            .count();
+        // Each level takes an opening and a closing bracket, so short text
+        // cannot nest deeply; and depth never exceeds the number of opening
+        // brackets, much cheaper to count than telling strings from
+        // structure. Only text that passes both is walked.
+        let text = self.0.get();
+        if text.len() <= 2 * limit {
+            return false;
+        }
+        let brackets = text.bytes().filter(|&b| b == b'{' || b == b'[').count();
         brackets > limit && self.depth() > limit
     }
 
@@ -150,6 +151,9 @@ mod tests {
         assert!(attributes.nests_deeper_than(3));
         assert!(!attributes.nests_deeper_than(4));
         assert!(!parsed(r#"{"b": "[[[[[["}"#).nests_deeper_than(1));
+        // The tightest nesting there is: two bytes a level.
+        assert!(parsed("[[[]]]").nests_deeper_than(2));
+        assert!(!parsed("[[[]]]").nests_deeper_than(3));
     }
 
     #[test]
