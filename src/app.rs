@@ -250,15 +250,7 @@ fn serve(
     router: axum::Router,
     stop: &CancellationToken,
 ) {
-    let stop = stop.clone();
-    tasks.spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "listener failed");
-        }
-    });
+    tasks.spawn(api::serve(listener, router, stop.clone()));
 }
 
 async fn wait_for_signal() {

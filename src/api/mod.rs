@@ -4,6 +4,7 @@ mod error;
 mod health;
 mod http_metrics;
 mod jobs;
+mod listener;
 mod openapi;
 mod prefer;
 mod principal;
@@ -12,6 +13,7 @@ mod state;
 mod submit;
 
 pub use error::ApiError;
+pub use listener::serve;
 pub use state::AppState;
 pub use submit::Accepted;
 
