@@ -71,6 +71,13 @@ impl TestApp {
         }
     }
 
+    /// Asks the service to stop (its listeners stop accepting at once).
+    pub fn begin_shutdown(&self) {
+        if let Some(service) = &self.service {
+            service.begin_shutdown();
+        }
+    }
+
     /// Issues an API key for `company` with `scopes`.
     pub async fn key(&self, company: Uuid, scopes: &[&str]) -> String {
         let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
