@@ -135,15 +135,21 @@ mod tests {
     #[test]
     fn this_process_spends_cpu_when_it_works() {
         let meter = CpuMeter::start([("bench", Some(std::process::id()))]);
+        assert!(meter.per_item(1)["bench"] < 50_000.0);
+        // Spin until 50 ms of CPU show (however busy the machine is with
+        // other tests), or give up after 20 s of waiting for them to.
         let started = std::time::Instant::now();
         let mut x = 0u64;
-        while started.elapsed() < std::time::Duration::from_millis(200) {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        while meter.per_item(1)["bench"] < 50_000.0
+            && started.elapsed() < std::time::Duration::from_secs(20)
+        {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
         }
         let cpu = meter.per_item(1);
-        // 200 ms of spinning is at least 100 ms of CPU, even on a busy box.
-        assert!(cpu["bench"] >= 100_000.0, "{cpu:?}");
-        assert!(!describe(&cpu).is_empty());
+        assert!(cpu["bench"] >= 50_000.0, "{cpu:?}");
+        assert!(describe(&cpu).starts_with("bench "), "{cpu:?}");
     }
 
     #[test]
