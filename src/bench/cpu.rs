@@ -72,9 +72,7 @@ impl CpuMeter {
 
     /// Adds a process to count from now.
     pub fn with(mut self, role: &'static str, pid: Option<u32>) -> Self {
-        if let Some((pid, seconds)) = pid.and_then(|pid| Some((pid, cpu_seconds(pid)?))) {
-            self.start.push((role, pid, seconds));
-        }
+        self.start.extend(CpuMeter::start([(role, pid)]).start);
         self
     }
 
