@@ -25,72 +25,80 @@ impl Attributes {
     }
 
     /// True when a string (or key) in it holds U+0000, which PostgreSQL
-    /// cannot store. In JSON text that character can only be the escape
-    /// `\u0000`; escapes never overlap, so one pass over them finds it.
+    /// cannot store.
     pub fn contains_nul(&self) -> bool {
-        let bytes = self.0.get().as_bytes();
-        let mut at = 0;
-        while let Some(offset) = memchr::memchr(b'\\', &bytes[at..]) {
-            let escape = at + offset;
-            if bytes.get(escape + 1) == Some(&b'u') {
-                if bytes.get(escape + 2..escape + 6) == Some(b"0000") {
-                    return true;
-                }
-                at = escape + 6;
-            } else {
-                at = escape + 2;
-            }
-            if at >= bytes.len() {
-                break;
-            }
-        }
-        false
+        contains_nul(self.0.get())
     }
-}
 
-impl Attributes {
     /// True when objects and arrays nest more than `limit` levels deep in it
     /// (an object of scalars is one level). Kept as text, attributes escape
     /// the parser's recursion limit, so this stands in for it.
     pub fn nests_deeper_than(&self, limit: usize) -> bool {
-        // Each level takes an opening and a closing bracket, so short text
-        // cannot nest deeply; and depth never exceeds the number of opening
-        // brackets, much cheaper to count than telling strings from
-        // structure. Only text that passes both is walked.
-        let text = self.0.get();
-        if text.len() <= 2 * limit {
-            return false;
-        }
-        let brackets = text.bytes().filter(|&b| b == b'{' || b == b'[').count();
-        brackets > limit && self.depth() > limit
+        nests_deeper_than(self.0.get(), limit)
     }
+}
 
-    /// How deeply objects and arrays nest in it.
-    fn depth(&self) -> usize {
-        let (mut depth, mut deepest) = (0usize, 0usize);
-        let (mut in_string, mut escaped) = (false, false);
-        for &b in self.0.get().as_bytes() {
-            if in_string {
-                match b {
-                    _ if escaped => escaped = false,
-                    b'\\' => escaped = true,
-                    b'"' => in_string = false,
-                    _ => {}
+/// [`Attributes::contains_nul`] on JSON text. In JSON text that character
+/// can only be the escape `\u0000`; escapes never overlap, so one pass over
+/// them finds it.
+pub(super) fn contains_nul(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    while let Some(offset) = memchr::memchr(b'\\', &bytes[at..]) {
+        let escape = at + offset;
+        if bytes.get(escape + 1) == Some(&b'u') {
+            if bytes.get(escape + 2..escape + 6) == Some(b"0000") {
+                return true;
+            }
+            at = escape + 6;
+        } else {
+            at = escape + 2;
+        }
+        if at >= bytes.len() {
+            break;
+        }
+    }
+    false
+}
+
+/// [`Attributes::nests_deeper_than`] on JSON text.
+pub(super) fn nests_deeper_than(text: &str, limit: usize) -> bool {
+    // Each level takes an opening and a closing bracket, so short text
+    // cannot nest deeply; and depth never exceeds the number of opening
+    // brackets, much cheaper to count than telling strings from
+    // structure. Only text that passes both is walked.
+    if text.len() <= 2 * limit {
+        return false;
+    }
+    let brackets = text.bytes().filter(|&b| b == b'{' || b == b'[').count();
+    brackets > limit && depth(text) > limit
+}
+
+/// How deeply objects and arrays nest in JSON text.
+fn depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in text.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'{' | b'[' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
                 }
-            } else {
-                match b {
-                    b'"' => in_string = true,
-                    b'{' | b'[' => {
-                        depth += 1;
-                        deepest = deepest.max(depth);
-                    }
-                    b'}' | b']' => depth = depth.saturating_sub(1),
-                    _ => {}
-                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
             }
         }
-        deepest
     }
+    deepest
 }
 
 impl From<&serde_json::Value> for Attributes {
@@ -135,9 +143,9 @@ mod tests {
 
     #[test]
     fn depth_counts_nesting_outside_strings() {
-        assert_eq!(parsed("{}").depth(), 1);
-        assert_eq!(parsed(r#"{"a": [1, {"b": "[[{{"}], "c": {}}"#).depth(), 3);
-        assert_eq!(parsed(r#"{"a": "\"[", "b": "\\", "c": [[]]}"#).depth(), 3);
+        assert_eq!(depth("{}"), 1);
+        assert_eq!(depth(r#"{"a": [1, {"b": "[[{{"}], "c": {}}"#), 3);
+        assert_eq!(depth(r#"{"a": "\"[", "b": "\\", "c": [[]]}"#), 3);
     }
 
     #[test]
