@@ -4,7 +4,7 @@
 use super::{error::ApiError, prefer, progress, state::AppState};
 use crate::{
     auth::{access, Principal},
-    domain::{parse_submission, Batch, BatchError, Entity, FieldError, Parsed},
+    domain::{parse_submission, Batch, BatchError, Entity, FieldError, Manifest, Parsed},
     queue::{results::Waiter, BatchMessage, PublishError},
     store::{
         idempotency::{self, Recorded},
@@ -45,13 +45,20 @@ pub struct SubmitParams {
 
 /// A submission that passed every check, ready to be queued.
 struct Submission {
-    batch: Batch,
-    /// The request body, when its items can travel on as sent.
-    items_json: Option<Bytes>,
+    manifest: Manifest,
+    items: Items,
     dry_run: bool,
     request_hash: Vec<u8>,
     /// The request's trace, continued in the message.
     trace: TraceContext,
+}
+
+/// How a submission's items travel on to the queue.
+enum Items {
+    /// The request body, forwarded as sent.
+    AsSent(Bytes),
+    /// The batch as the walk read it, to be serialised again.
+    Normalised(Batch),
 }
 
 /// Accepts a batch of one entity's items.
@@ -88,16 +95,16 @@ pub async fn submit(
     } else {
         Vec::new()
     };
-    let (batch, items_json) = parse(&state, entity, body).await?;
-    let forbidden = access::forbidden_items(&principal, &batch);
+    let (manifest, items) = parse(&state, entity, body).await?;
+    let forbidden = access::forbidden_items(&principal, &manifest);
     if !forbidden.is_empty() {
         return Err(ApiError::CompanyAccessDenied { indexes: forbidden });
     }
-    tracing::Span::current().record("item_count", batch.len());
+    tracing::Span::current().record("item_count", manifest.len());
     let submission = Submission {
         request_hash,
-        batch,
-        items_json,
+        manifest,
+        items,
         dry_run: params.dry_run,
         trace: trace.map_or_else(TraceContext::new_root, |Extension(t)| t),
     };
@@ -151,13 +158,12 @@ async fn queue(
 /// Parses and validates on the blocking pool, a few batches at a time:
 /// a 1000-piece body is a millisecond or more of CPU, which would stall the
 /// async workers, and parsing more batches at once than there are cores
-/// only multiplies the memory held by half-built batches. Also returns the
-/// body when its items can be forwarded as sent.
+/// only multiplies the memory held by half-built batches.
 async fn parse(
     state: &AppState,
     entity: Entity,
     body: Bytes,
-) -> Result<(Batch, Option<Bytes>), ApiError> {
+) -> Result<(Manifest, Items), ApiError> {
     let _permit = state
         .parse_permits
         .acquire()
@@ -169,7 +175,8 @@ async fn parse(
         .await
         .map_err(|e| ApiError::Internal(format!("parsing panicked: {e}")))?;
     match parsed {
-        Ok(Parsed { batch, as_sent }) => Ok((batch, as_sent.then_some(body))),
+        Ok(Parsed::AsSent(manifest)) => Ok((manifest, Items::AsSent(body))),
+        Ok(Parsed::Normalised(batch)) => Ok((Manifest::of(&batch), Items::Normalised(batch))),
         Err(e @ BatchError::TooLarge { .. }) => Err(ApiError::BatchTooLarge(e.to_string())),
         Err(BatchError::Invalid(errors)) => Err(ApiError::Validation(errors)),
     }
@@ -271,49 +278,48 @@ async fn submit_new(
     correlation_id: Uuid,
 ) -> Result<Accepted, ApiError> {
     let Submission {
-        batch,
-        items_json,
+        manifest,
+        items,
         dry_run,
         trace,
         ..
     } = submission;
-    if !batch.is_empty() {
+    if !manifest.is_empty() {
         if let Some(retry_after) = state.backlog.retry_after(state.settings.max_queue_depth) {
             return Err(ApiError::QueueFull { retry_after });
         }
     }
     let topology = state.publisher.topology();
-    let owner = batch.owner(principal.company);
+    let owner = manifest.owner(principal.company);
     let shard = topology.shard_for(owner);
     let new_job = NewJob {
         correlation_id,
         company_guid: owner,
-        entity: batch.entity(),
-        item_count: i32::try_from(batch.len()).unwrap_or(i32::MAX),
+        entity: manifest.entity,
+        item_count: i32::try_from(manifest.len()).unwrap_or(i32::MAX),
         dry_run,
         shard: i32::from(shard),
         submitted_by: principal.subject.clone(),
     };
-    let guids = batch.guids();
-    let job = if batch.is_empty() {
+    let Manifest { guids, .. } = manifest;
+    let job = if guids.is_empty() {
         jobs::insert_empty_succeeded(&state.pool, &new_job).await?
     } else {
-        // The message is built first, and the typed batch and the request
-        // body dropped: through the job insert and the confirm, only the
+        // The message is built first, and the request body (or typed
+        // batch) dropped: through the job insert and the confirm, only the
         // message bytes stay in memory.
-        let body = match items_json {
-            Some(items) => {
-                drop(batch);
-                BatchMessage::forwarded(
-                    correlation_id,
-                    owner,
-                    dry_run,
-                    new_job.entity,
-                    &items,
-                    &guids,
-                )
+        let body = match items {
+            Items::AsSent(items) => BatchMessage::forwarded(
+                correlation_id,
+                owner,
+                dry_run,
+                new_job.entity,
+                &items,
+                &guids,
+            ),
+            Items::Normalised(batch) => {
+                BatchMessage::new(correlation_id, owner, dry_run, batch).to_json()
             }
-            None => BatchMessage::new(correlation_id, owner, dry_run, batch).to_json(),
         };
         let job = jobs::insert_queued(&state.pool, &new_job).await?;
         publish(state, job, shard, body, trace.child()).await?

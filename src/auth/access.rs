@@ -1,16 +1,16 @@
 //! Tenant checks: which company's data a caller may write.
 
 use super::Principal;
-use crate::domain::Batch;
+use crate::domain::Manifest;
 
 /// Indexes of the batch's items the caller may not write: items of another
 /// company, unless the caller is a SystemAdmin.
-pub fn forbidden_items(principal: &Principal, batch: &Batch) -> Vec<usize> {
+pub fn forbidden_items(principal: &Principal, batch: &Manifest) -> Vec<usize> {
     if principal.is_system_admin() {
         return Vec::new();
     }
     batch
-        .companies()
+        .companies
         .iter()
         .enumerate()
         .filter(|(_, company)| **company != principal.company)

@@ -11,7 +11,7 @@
 //! 5. end to end: api and worker together under sustained load.
 
 mod cpu;
-mod data;
+pub(crate) mod data;
 mod raw;
 mod service;
 mod stats;

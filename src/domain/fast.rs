@@ -80,7 +80,7 @@ fn measures(values: &[Option<f64>]) -> bool {
 
 /// Deeper attributes are left to the walk, whose parser has a recursion
 /// limit (128 levels for the whole body: array, item, then attributes).
-const MAX_DEPTH: usize = 100;
+pub(super) const MAX_DEPTH: usize = 100;
 
 /// The walk's `check_object`, on the raw text.
 fn attributes(value: &Option<Attributes>) -> bool {
@@ -151,9 +151,12 @@ impl Rules for Article {
 
 #[cfg(test)]
 mod tests {
+    use super::super::scan::scan;
     use super::super::validate::walk;
     use super::*;
+    use crate::queue::BatchMessage;
     use serde_json::{json, Map, Value};
+    use uuid::Uuid;
 
     const LIMIT: usize = 10;
 
@@ -262,8 +265,50 @@ mod tests {
         })
     }
 
-    /// Whatever the fast path accepts, the walk accepts identically.
+    /// Whatever the fast path or the scanner accepts, the walk accepts
+    /// identically — compact or pretty-printed.
     fn agree(entity: Entity, body: &str, guids_given: bool) {
+        agree_typed(entity, body, guids_given);
+        agree_scanned(entity, body, guids_given);
+        if let Ok(value) = serde_json::from_str::<Value>(body) {
+            let pretty = serde_json::to_string_pretty(&value).expect("pretty");
+            agree_typed(entity, &pretty, guids_given);
+            agree_scanned(entity, &pretty, guids_given);
+        }
+    }
+
+    /// The scanner keeps only GUIDs and companies, and the items travel on
+    /// as sent: the worker must read them into the batch the walk reads.
+    fn agree_scanned(entity: Entity, body: &str, guids_given: bool) {
+        let Some(manifest) = scan(entity, body, LIMIT) else {
+            return;
+        };
+        let mut walked = walk(entity, body.as_bytes(), LIMIT)
+            .unwrap_or_else(|e| panic!("{entity:?}: scanned but refused ({e:?}): {body}"));
+        if guids_given {
+            assert_eq!(manifest.guids, walked.guids(), "{entity:?}: {body}");
+        }
+        walked.assign_guids(&manifest.guids);
+        assert_eq!(manifest.companies, walked.companies(), "{body}");
+        let message = BatchMessage::forwarded(
+            Uuid::nil(),
+            Uuid::nil(),
+            false,
+            entity,
+            body.as_bytes(),
+            &manifest.guids,
+        );
+        let read = BatchMessage::from_json(&message)
+            .unwrap_or_else(|e| panic!("{entity:?}: the worker cannot read ({e}): {body}"));
+        let comparable = |batch: Batch| serde_json::to_value(batch).expect("serialises");
+        assert_eq!(
+            comparable(read.batch),
+            comparable(walked),
+            "{entity:?}: {body}"
+        );
+    }
+
+    fn agree_typed(entity: Entity, body: &str, guids_given: bool) {
         let Some(fast) = parse_valid(entity, body.as_bytes(), LIMIT) else {
             return;
         };
@@ -295,6 +340,7 @@ mod tests {
                 matches!(parse_valid(entity, body.as_bytes(), LIMIT), Some(Ok(_))),
                 "{entity:?}"
             );
+            assert!(scan(entity, &body, LIMIT).is_some(), "{entity:?}: {body}");
             agree(entity, &body, true);
             let mut minimal = Map::new();
             for field in fields(entity).filter(|f| f.required) {
@@ -302,6 +348,7 @@ mod tests {
             }
             let body = serde_json::to_string(&[minimal]).expect("body");
             assert!(parse_valid(entity, body.as_bytes(), LIMIT).is_some());
+            assert!(scan(entity, &body, LIMIT).is_some(), "{entity:?}: {body}");
             agree(entity, &body, false);
         }
     }

@@ -4,6 +4,7 @@ mod attributes;
 mod entity;
 mod fast;
 mod items;
+mod scan;
 pub mod schema;
 mod validate;
 
@@ -12,4 +13,5 @@ pub use entity::{Entity, UnknownEntity};
 pub use items::{
     Article, Assembly, Batch, Component, Piece, Project, ProjectStatus, Reference, SyncItem,
 };
+pub use scan::Manifest;
 pub use validate::{parse_batch, parse_submission, BatchError, FieldError, Parsed};
