@@ -84,6 +84,7 @@ impl Topology {
                     .exchange_delete(exchange.into(), Default::default())
                     .await;
             }
+            let _ = channel.close(200, "removed".into()).await;
         }
         let _ = connection.close(200, "removed".into()).await;
     }
