@@ -90,8 +90,12 @@ pub struct Report {
     pub approx_item_bytes: usize,
     pub raw_db_upsert: Rate,
     pub raw_broker_publish: Rate,
+    /// Every raw publish run's items/s; `raw_broker_publish` is the best.
+    pub raw_broker_publish_runs: Vec<f64>,
     pub raw_broker_consume: Rate,
     pub intake: Rate,
+    /// Every intake run's items/s; `intake` is the best.
+    pub intake_runs: Vec<f64>,
     pub intake_latency: Latency,
     pub api_peak_rss_mb: Option<f64>,
     pub drain: Rate,
@@ -117,8 +121,10 @@ fn mb(bytes: Option<u64>) -> Option<f64> {
 
 /// The raw broker baseline is a fraction of a second of work, and its rate
 /// varies from run to run more than any other figure: the limit is the best
-/// of a few runs.
+/// of a few runs. Intake, a second or so of work against the same broker,
+/// varies as much and is compared with it, so it gets the same treatment.
 const RAW_BROKER_RUNS: usize = 3;
+const INTAKE_RUNS: usize = RAW_BROKER_RUNS;
 
 /// Runs every phase and writes the report.
 pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> {
@@ -150,6 +156,7 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
     let messages = raw::messages(&loads, &crate::app::topology(&base));
     let broker_pid = cpu::broker_pid();
     let mut broker: Option<raw::BrokerRates> = None;
+    let mut raw_publish_runs = Vec::new();
     for _ in 0..RAW_BROKER_RUNS {
         // Fresh queues each run, named apart from any running service's.
         let mut settings = base.clone();
@@ -166,6 +173,7 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
             broker_pid,
         )
         .await?;
+        raw_publish_runs.push(run.publish.items_per_sec);
         broker = Some(match broker {
             Some(best) => best.best_with(run),
             None => run,
@@ -173,27 +181,47 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
     }
     let broker = broker.expect("at least one raw broker run");
     eprintln!(
-        "bench: raw broker publish  {:>9.0} items/s, consume {:.0} items/s; {}",
+        "bench: raw broker publish  {:>9.0} items/s (best of {}), consume {:.0} items/s; {}",
         broker.publish.items_per_sec,
+        rates(&raw_publish_runs),
         broker.consume.items_per_sec,
         cpu::describe(&broker.publish_cpu)
     );
 
-    // 3. Intake, then 4. drain, on one stack.
-    let mut stack = service::Stack::new(&base, "intake").await?;
-    stack.start_api().await?;
-    let requests = stack.requests(&loads).await?;
-    let meter = CpuMeter::bench_and_broker(broker_pid).with("api", stack.api_pid());
-    let (intake, intake_latency) = stack.submit(requests, args.concurrency).await?;
-    let intake_cpu = meter.settled_per_item(items).await;
-    let (api_rss, _) = stack.peak_rss();
+    // 3. Intake, each run on a stack of its own; then 4. drain the best
+    // run's backlog.
+    let mut best: Option<(service::Stack, Intake)> = None;
+    let mut intake_runs = Vec::new();
+    let mut api_rss = None;
+    for _ in 0..INTAKE_RUNS {
+        let (stack, run) = intake(&base, &loads, args.concurrency, broker_pid).await?;
+        intake_runs.push(run.rate.items_per_sec);
+        // The peak of every run: the figure is a bound.
+        api_rss = api_rss.max(run.api_rss);
+        best = match best {
+            Some((kept, kept_run)) if kept_run.rate.items_per_sec >= run.rate.items_per_sec => {
+                stack.teardown().await;
+                Some((kept, kept_run))
+            }
+            Some((kept, _)) => {
+                kept.teardown().await;
+                Some((stack, run))
+            }
+            None => Some((stack, run)),
+        };
+    }
+    let (mut stack, best_intake) = best.expect("at least one intake run");
     eprintln!(
-        "bench: intake             {:>9.0} items/s (p50 {:.1} ms, p99 {:.1} ms); {}",
-        intake.items_per_sec,
-        intake_latency.p50_ms,
-        intake_latency.p99_ms,
-        cpu::describe(&intake_cpu)
+        "bench: intake best        {:>9.0} items/s (of {})",
+        best_intake.rate.items_per_sec,
+        rates(&intake_runs)
     );
+    let Intake {
+        rate: intake,
+        latency: intake_latency,
+        cpu: intake_cpu,
+        ..
+    } = best_intake;
     let drain_started = Instant::now();
     stack.start_worker()?;
     let meter = CpuMeter::start([("broker", broker_pid), ("worker", stack.worker_pid())]);
@@ -242,8 +270,10 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
         approx_item_bytes: sample_bytes,
         raw_db_upsert: raw_db,
         raw_broker_publish: broker.publish,
+        raw_broker_publish_runs: raw_publish_runs,
         raw_broker_consume: broker.consume,
         intake,
+        intake_runs,
         intake_latency,
         api_peak_rss_mb: mb(api_rss),
         drain,
@@ -261,6 +291,52 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
     std::fs::write(&args.report, &json)?;
     Ok(report)
+}
+
+/// Rates for a console line.
+fn rates(runs: &[f64]) -> String {
+    let rates: Vec<String> = runs.iter().map(|r| format!("{r:.0}")).collect();
+    rates.join(", ")
+}
+
+/// One intake run's figures.
+struct Intake {
+    rate: Rate,
+    latency: Latency,
+    cpu: CpuPerItem,
+    api_rss: Option<u64>,
+}
+
+/// Submits every batch to a fresh api with no worker, `concurrency`
+/// requests at a time. Returns the stack, its backlog queued.
+async fn intake(
+    base: &Settings,
+    loads: &[data::TenantLoad],
+    concurrency: usize,
+    broker_pid: Option<u32>,
+) -> Result<(service::Stack, Intake), BenchError> {
+    let items: usize = loads.iter().map(data::TenantLoad::items).sum();
+    let mut stack = service::Stack::new(base, "intake").await?;
+    stack.start_api().await?;
+    let requests = stack.requests(loads).await?;
+    let meter = CpuMeter::bench_and_broker(broker_pid).with("api", stack.api_pid());
+    let (rate, latency) = stack.submit(requests, concurrency).await?;
+    let cpu = meter.settled_per_item(items).await;
+    let (api_rss, _) = stack.peak_rss();
+    eprintln!(
+        "bench: intake             {:>9.0} items/s (p50 {:.1} ms, p99 {:.1} ms); {}",
+        rate.items_per_sec,
+        latency.p50_ms,
+        latency.p99_ms,
+        cpu::describe(&cpu)
+    );
+    let run = Intake {
+        rate,
+        latency,
+        cpu,
+        api_rss,
+    };
+    Ok((stack, run))
 }
 
 /// The human summary printed at the end of a run.
