@@ -150,7 +150,7 @@ impl Rules for Article {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::scan::scan;
     use super::super::validate::walk;
     use super::*;
@@ -267,7 +267,7 @@ mod tests {
 
     /// Whatever the fast path or the scanner accepts, the walk accepts
     /// identically — compact or pretty-printed.
-    fn agree(entity: Entity, body: &str, guids_given: bool) {
+    pub(in crate::domain) fn agree(entity: Entity, body: &str, guids_given: bool) {
         agree_typed(entity, body, guids_given);
         agree_scanned(entity, body, guids_given);
         if let Ok(value) = serde_json::from_str::<Value>(body) {

@@ -5,12 +5,13 @@
 //! Deserializing typed items, each with its own strings, only to drop them
 //! once the message is built was most of the api's CPU time under load
 //! (serde_json and the allocator). This scanner accepts a narrower JSON
-//! than the parsers behind it — no escapes in field values or keys, no
-//! `null` where the typed items would not take one, UUIDs only in their
-//! hyphenated form, measures not negative — and gives up on anything else,
-//! leaving it to the typed path and the walk. So it never decides a refusal
-//! and never accepts what they would not: its tests hold it to the walk's
-//! verdict and to the worker's reading of the forwarded items.
+//! than the parsers behind it — no escapes in keys, no `null` where the
+//! typed items would not take one, UUIDs only in their hyphenated form,
+//! measures not negative — and gives up on anything else, leaving it to the
+//! typed path and the walk. So it never decides a refusal and never accepts
+//! what they would not: its tests hold it to the walk's verdict and to the
+//! worker's reading of the forwarded items. (Values with escapes, rare, are
+//! handed to serde_json one by one.)
 
 use super::attributes;
 use super::fast::MAX_DEPTH;
@@ -20,6 +21,7 @@ use super::{Batch, Entity};
 use chrono::NaiveDate;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use uuid::Uuid;
 
 /// What the api keeps of a valid batch whose items travel on as sent.
@@ -172,6 +174,34 @@ impl<'a> Cursor<'a> {
         }
         self.pos = end + 1;
         Some(&self.text[start..end])
+    }
+
+    /// A field value's string, after whitespace, escapes decoded. Text
+    /// fields may well hold quotes or line breaks; the rare string with an
+    /// escape is handed to serde_json, which checks every escape (a lone
+    /// surrogate, say) as the typed items would.
+    fn text_value(&mut self) -> Option<Cow<'a, str>> {
+        self.skip_whitespace();
+        let open = self.pos;
+        if let Some(text) = self.string() {
+            return Some(Cow::Borrowed(text));
+        }
+        // Where the string really ends: past every escape. A broken escape
+        // is left for serde_json to refuse.
+        self.pos = open;
+        self.expect(b'"')?;
+        let mut at = self.pos;
+        let end = loop {
+            let found = string_end(self.bytes(), at)?;
+            match self.bytes()[found] {
+                b'"' => break found,
+                b'\\' => at = found + 2,
+                _ => return None,
+            }
+        };
+        let decoded: String = serde_json::from_str(self.text.get(open..=end)?).ok()?;
+        self.pos = end + 1;
+        Some(Cow::Owned(decoded))
     }
 
     /// An item's key, after whitespace: the index of its field in `fields`,
@@ -372,14 +402,14 @@ impl<'a> Cursor<'a> {
                             }
                         }
                         FieldKind::Text { max } => {
-                            check_text(self.string()?, max, field.required).ok()?;
+                            check_text(&self.text_value()?, max, field.required).ok()?;
                         }
                         FieldKind::OneOf(names) => {
-                            let text = self.string()?;
-                            names.contains(&text).then_some(())?;
+                            let text = self.text_value()?;
+                            names.contains(&text.as_ref()).then_some(())?;
                         }
                         FieldKind::Date => {
-                            let date = parse_date(self.string()?)?;
+                            let date = parse_date(&self.text_value()?)?;
                             match field.name {
                                 "start_date" => dates[0] = Some(date),
                                 "end_date" => dates[1] = Some(date),
@@ -446,7 +476,8 @@ fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
         }
         at += 8;
     }
-    let tail = bytes[at..]
+    let tail = bytes
+        .get(at..)?
         .iter()
         .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
     Some(at + tail)
@@ -469,6 +500,7 @@ mod tests {
     //! Agreement with the walk and the worker is tested with the typed path,
     //! in `fast`, over every variant of every field; here, what the scanner
     //! reads and what it leaves to the others.
+    use super::super::fast::tests::agree;
     use super::super::{parse_submission, BatchError, Parsed};
     use super::*;
     use crate::bench::data;
@@ -507,8 +539,7 @@ mod tests {
             )
         };
         for body in [
-            project(r#","description":"two\nlines""#),
-            project(r#","description":"caf\u00e9""#),
+            project(r#","na\u006de":"N""#),
             project(r#","status":null"#),
             format!(r#"[{{"guid":null,"company_guid":"{company}","number":"P","name":"N"}}]"#),
             format!(
@@ -559,6 +590,47 @@ mod tests {
                 assert_eq!(string_end(bytes, start), naive, "{text:?} from {start}");
             }
         }
+    }
+
+    #[test]
+    fn escaped_values_are_decoded_before_the_rules() {
+        let company = Uuid::now_v7();
+        let project = |number: &str, description: &str| {
+            format!(
+                r#"[{{"company_guid":"{company}","number":"{number}","name":"N","description":"{description}"}}]"#
+            )
+        };
+        let quotes = |n: usize| "\\\"".repeat(n);
+        for (body, scanned) in [
+            (project("P-1", r#"two\nlines, \"quoted\", \\ and \/"#), true),
+            (project("P-1", r"caf\u00e9 \ud83d\ude00"), true),
+            (project(r"\u0050-1", ""), true),
+            // 64 characters, the limit for a number, and one more.
+            (project(&quotes(64), ""), true),
+            (project(&quotes(65), ""), false),
+            (project(r"\u0020\t", ""), false),
+            (project("P-1", r"nul \u0000"), false),
+            (project("P-1", r"lone \ud800"), false),
+            (project("P-1", r"bad \x"), false),
+            (project("P-1", r"cut \u12"), false),
+        ] {
+            assert_eq!(
+                scan(Entity::Projects, &body, 10).is_some(),
+                scanned,
+                "{body}"
+            );
+            agree(Entity::Projects, &body, false);
+            if !scanned {
+                assert!(
+                    parse_submission(Entity::Projects, body.as_bytes(), 10).is_err(),
+                    "{body}"
+                );
+            }
+        }
+        // A body that ends inside an escape.
+        let cut = project("P-1", "x");
+        let cut = format!("{}\\", &cut[..cut.len() - 5]);
+        assert_eq!(scan(Entity::Projects, &cut, 10), None);
     }
 
     #[test]
