@@ -188,29 +188,29 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
         cpu::describe(&broker.publish_cpu)
     );
 
-    // 3. Intake, each run on a stack of its own; then 4. drain the best
-    // run's backlog.
-    let mut best: Option<(service::Stack, Intake)> = None;
+    // 3. Intake, each run on a stack of its own; then 4. drain the last
+    // run's backlog. Each run starts on an empty broker, as the raw publish
+    // runs do: an earlier run's backlog is removed before the next starts.
+    let mut last: Option<service::Stack> = None;
+    let mut best: Option<Intake> = None;
     let mut intake_runs = Vec::new();
     let mut api_rss = None;
     for _ in 0..INTAKE_RUNS {
+        if let Some(earlier) = last.take() {
+            earlier.teardown().await;
+        }
         let (stack, run) = intake(&base, &loads, args.concurrency, broker_pid).await?;
+        last = Some(stack);
         intake_runs.push(run.rate.items_per_sec);
         // The peak of every run: the figure is a bound.
         api_rss = api_rss.max(run.api_rss);
         best = match best {
-            Some((kept, kept_run)) if kept_run.rate.items_per_sec >= run.rate.items_per_sec => {
-                stack.teardown().await;
-                Some((kept, kept_run))
-            }
-            Some((kept, _)) => {
-                kept.teardown().await;
-                Some((stack, run))
-            }
-            None => Some((stack, run)),
+            Some(kept) if kept.rate.items_per_sec >= run.rate.items_per_sec => Some(kept),
+            _ => Some(run),
         };
     }
-    let (mut stack, best_intake) = best.expect("at least one intake run");
+    let mut stack = last.expect("at least one intake run");
+    let best_intake = best.expect("at least one intake run");
     eprintln!(
         "bench: intake best        {:>9.0} items/s (of {})",
         best_intake.rate.items_per_sec,
