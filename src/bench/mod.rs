@@ -6,7 +6,8 @@
 //!    connections;
 //! 2. raw broker: the same message bodies published with pipelined confirms
 //!    to a quorum queue, then consumed;
-//! 3. intake: concurrent POSTs to a real `sync-ingest api` with no worker;
+//! 3. intake: concurrent POSTs to a real `sync-ingest api` with no worker
+//!    (best of three runs, like the raw publish);
 //! 4. drain: a `sync-ingest worker` applying that backlog;
 //! 5. end to end: api and worker together under sustained load.
 
