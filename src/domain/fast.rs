@@ -162,7 +162,7 @@ pub(super) mod tests {
 
     /// A valid item of `entity` with every field set (at its limits where it
     /// has some).
-    fn full_item(entity: Entity) -> Map<String, Value> {
+    pub(in crate::domain) fn full_item(entity: Entity) -> Map<String, Value> {
         let mut item = Map::new();
         for field in fields(entity) {
             let value = match field.kind {

@@ -500,7 +500,7 @@ mod tests {
     //! Agreement with the walk and the worker is tested with the typed path,
     //! in `fast`, over every variant of every field; here, what the scanner
     //! reads and what it leaves to the others.
-    use super::super::fast::tests::agree;
+    use super::super::fast::tests::{agree, full_item};
     use super::super::{parse_submission, BatchError, Parsed};
     use super::*;
     use crate::bench::data;
@@ -631,6 +631,74 @@ mod tests {
         let cut = project("P-1", "x");
         let cut = format!("{}\\", &cut[..cut.len() - 5]);
         assert_eq!(scan(Entity::Projects, &cut, 10), None);
+    }
+
+    /// Random edits of valid bodies — a byte dropped, added or changed —
+    /// make many near-misses; whatever of them the scanner accepts, the walk
+    /// and the worker must read the same way.
+    #[test]
+    fn edited_bodies_are_accepted_only_as_the_walk_accepts_them() {
+        const BYTES: &[u8] = b"\"\\{}[],:0123456789-+.eEnul aZ\t\x01";
+        let mut seed = 0x5eed_u64;
+        let mut next = |bound: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % bound.max(1)
+        };
+        let mut scanned = 0;
+        for entity in Entity::ALL {
+            let items = [full_item(entity), full_item(entity)];
+            let valid = serde_json::to_string_pretty(&items).expect("body");
+            for _ in 0..1500 {
+                let mut bytes = valid.clone().into_bytes();
+                for _ in 0..1 + next(2) {
+                    let at = next(bytes.len());
+                    let byte = BYTES[next(BYTES.len())];
+                    match next(3) {
+                        0 => drop(bytes.remove(at)),
+                        1 => bytes.insert(at, byte),
+                        _ => bytes[at] = byte,
+                    }
+                }
+                let Ok(body) = String::from_utf8(bytes) else {
+                    continue;
+                };
+                if scan(entity, &body, 10).is_some() {
+                    scanned += 1;
+                }
+                agree(entity, &body, body.contains("\"guid\": \""));
+            }
+        }
+        // Most edits break the body; enough of them must not to mean much.
+        assert!(scanned > 500, "only {scanned} edited bodies scanned");
+    }
+
+    #[test]
+    fn numbers_follow_the_json_grammar() {
+        let (company, assembly) = (Uuid::now_v7(), Uuid::now_v7());
+        let piece = |length: &str| {
+            format!(
+                r#"[{{"company_guid":"{company}","assembly_guid":"{assembly}","mark":"M","length_mm":{length}}}]"#
+            )
+        };
+        for valid in [
+            "0", "12", "12.5", "0.25", "1e3", "1E+3", "1.5e-3", "0.0", "2e299",
+        ] {
+            assert!(scan(Entity::Pieces, &piece(valid), 10).is_some(), "{valid}");
+            agree(Entity::Pieces, &piece(valid), false);
+        }
+        for invalid in [
+            "03", "1.", ".5", "1e", "1e+", "+1", "--1", "1..2", "0x10", "1_000", "Infinity", "NaN",
+            "-1", "1e400", "-",
+        ] {
+            assert_eq!(scan(Entity::Pieces, &piece(invalid), 10), None, "{invalid}");
+            let parsed = parse_submission(Entity::Pieces, piece(invalid).as_bytes(), 10);
+            assert!(parsed.is_err(), "{invalid}: {parsed:?}");
+        }
+        // Not negative, but left to the others: the scanner reads no sign.
+        assert_eq!(scan(Entity::Pieces, &piece("-0"), 10), None);
+        agree(Entity::Pieces, &piece("-0"), false);
     }
 
     #[test]
