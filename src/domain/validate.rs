@@ -62,16 +62,6 @@ pub enum Parsed {
     Normalised(Batch),
 }
 
-impl Parsed {
-    /// The batch's GUIDs and companies.
-    pub fn manifest(&self) -> Manifest {
-        match self {
-            Parsed::AsSent(manifest) => manifest.clone(),
-            Parsed::Normalised(batch) => Manifest::of(batch),
-        }
-    }
-}
-
 /// Parses and validates a request body of `entity` items, assigning a new
 /// UUIDv7 to every item without a GUID. `limit` is the entity's batch limit.
 /// Three readers, fastest first; each of the first two gives up on what it
