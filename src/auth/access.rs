@@ -5,11 +5,11 @@ use crate::domain::Manifest;
 
 /// Indexes of the batch's items the caller may not write: items of another
 /// company, unless the caller is a SystemAdmin.
-pub fn forbidden_items(principal: &Principal, batch: &Manifest) -> Vec<usize> {
+pub fn forbidden_items(principal: &Principal, manifest: &Manifest) -> Vec<usize> {
     if principal.is_system_admin() {
         return Vec::new();
     }
-    batch
+    manifest
         .companies
         .iter()
         .enumerate()

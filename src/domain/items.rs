@@ -268,14 +268,4 @@ impl Batch {
             })
             .collect())
     }
-
-    /// The company the batch belongs to: the items' company when they share
-    /// one, otherwise (a SystemAdmin's mixed batch, or an empty one) `caller`.
-    pub fn owner(&self, caller: Uuid) -> Uuid {
-        let companies = self.companies();
-        match companies.first() {
-            Some(first) if companies.iter().all(|c| c == first) => *first,
-            _ => caller,
-        }
-    }
 }

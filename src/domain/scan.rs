@@ -53,8 +53,8 @@ impl Manifest {
     }
 
     /// The company the batch's job belongs to: the items' own when they
-    /// all name the same one, else the caller's (a SystemAdmin's mixed
-    /// batch). Same rule as [`Batch::owner`].
+    /// all name the same one, else (a SystemAdmin's mixed batch, or an
+    /// empty one) the caller's.
     pub fn owner(&self, caller: Uuid) -> Uuid {
         match self.companies.first() {
             Some(first) if self.companies.iter().all(|c| c == first) => *first,
@@ -527,6 +527,18 @@ mod tests {
         assert_eq!(manifest.companies, vec![company, company]);
         assert_ne!(manifest.guids[0], manifest.guids[1]);
         assert_eq!(manifest.owner(Uuid::nil()), company);
+        let caller = Uuid::now_v7();
+        let mixed = Manifest {
+            companies: vec![company, Uuid::now_v7()],
+            ..manifest.clone()
+        };
+        assert_eq!(mixed.owner(caller), caller);
+        let empty = Manifest {
+            guids: vec![],
+            companies: vec![],
+            ..manifest
+        };
+        assert_eq!(empty.owner(caller), caller);
     }
 
     /// Valid bodies the scanner does not read still pass, on another path.
