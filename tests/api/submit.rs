@@ -485,6 +485,69 @@ async fn a_body_over_max_body_bytes_is_rejected_with_413() {
         .await;
 }
 
+/// Sends `body` in chunks of `chunk` bytes (no Content-Length) and returns
+/// the status line and body of the answer.
+async fn post_chunked(app: &TestApp, token: &str, body: &[u8], chunk: usize) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let mut request = format!(
+        "POST /api/v1/sync/projects HTTP/1.1\r\nhost: test\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for part in body.chunks(chunk) {
+        request.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        request.extend_from_slice(part);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    // Written whole: a refused request may be answered before the rest is read.
+    let _ = stream.write_all(&request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("answered in time");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.lines().next().unwrap_or_default().to_owned();
+    (status, answer)
+}
+
+#[tokio::test]
+async fn a_chunked_body_is_read_whole_and_held_to_the_limit() {
+    let app = TestApp::spawn_with(Mode::All, |s| s.max_body_bytes = 2048).await;
+    let company = company();
+    let token = app.writer(company).await;
+    let items: Vec<Value> = (0..3).map(|_| item("projects", company)).collect();
+    let body = serde_json::to_vec(&items).expect("json");
+    assert!(body.len() < 2048);
+
+    let (status, answer) = post_chunked(&app, &token, &body, 100).await;
+    assert!(status.starts_with("HTTP/1.1 202"), "{answer}");
+    let json = &answer[answer.find("\r\n\r\n").expect("head") + 4..];
+    let accepted: Value = serde_json::from_str(json).expect("a JSON answer");
+    assert_eq!(accepted["item_count"], 3, "{answer}");
+    assert_eq!(
+        accepted["guids"].as_array().map(Vec::len),
+        Some(3),
+        "{answer}"
+    );
+    assert_eq!(job_rows(&app).await, 1);
+
+    let mut big = item("projects", company);
+    big["description"] = json!("d".repeat(3000));
+    let body = serde_json::to_vec(&json!([big])).expect("json");
+    let (status, answer) = post_chunked(&app, &token, &body, 500).await;
+    assert!(status.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+    assert_eq!(job_rows(&app).await, 1);
+}
+
 #[tokio::test]
 async fn a_text_plain_body_is_rejected_with_415() {
     let app = TestApp::spawn().await;
