@@ -68,14 +68,15 @@ pub enum Parsed {
 /// does not read, and only the walk explains a refusal.
 pub fn parse_submission(entity: Entity, body: &[u8], limit: usize) -> Result<Parsed, BatchError> {
     // One pass over the whole body checks UTF-8 far faster than a parser
-    // checks it string by string.
-    if let Some(manifest) = std::str::from_utf8(body)
-        .ok()
-        .and_then(|text| super::scan::scan(entity, text, limit))
-    {
+    // checks it string by string; text that is not UTF-8 only the walk
+    // explains.
+    let Ok(text) = std::str::from_utf8(body) else {
+        return walk(entity, body, limit).map(Parsed::Normalised);
+    };
+    if let Some(manifest) = super::scan::scan(entity, text, limit) {
         return Ok(Parsed::AsSent(manifest));
     }
-    match super::fast::parse_valid(entity, body, limit) {
+    match super::fast::parse_valid(entity, text, limit) {
         Some(outcome) => outcome.map(|batch| Parsed::AsSent(Manifest::of(&batch))),
         None => walk(entity, body, limit).map(Parsed::Normalised),
     }
@@ -84,7 +85,10 @@ pub fn parse_submission(entity: Entity, body: &[u8], limit: usize) -> Result<Par
 /// The typed batch of a valid body: [`parse_submission`] without the
 /// scanner, which keeps no items.
 pub fn parse_batch(entity: Entity, body: &[u8], limit: usize) -> Result<Batch, BatchError> {
-    match super::fast::parse_valid(entity, body, limit) {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return walk(entity, body, limit);
+    };
+    match super::fast::parse_valid(entity, text, limit) {
         Some(outcome) => outcome,
         None => walk(entity, body, limit),
     }
