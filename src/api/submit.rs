@@ -4,7 +4,9 @@
 use super::{error::ApiError, prefer, progress, state::AppState};
 use crate::{
     auth::{access, Principal},
-    domain::{parse_submission, Batch, BatchError, Entity, FieldError, Manifest, Parsed},
+    domain::{
+        guid_list, parse_submission, Batch, BatchError, Entity, FieldError, Manifest, Parsed,
+    },
     queue::{results::Waiter, BatchMessage, PublishError},
     store::{
         idempotency::{self, Recorded},
@@ -20,7 +22,6 @@ use axum::{
     },
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    Json,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -33,6 +34,22 @@ pub struct Accepted {
     #[serde(flatten)]
     pub job: Job,
     pub guids: Vec<Uuid>,
+}
+
+impl Accepted {
+    /// The answer's body: what `serde_json` writes for `self`, with the
+    /// GUIDs — most of it — written by [`guid_list`], not through serde.
+    fn to_json(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(512);
+        serde_json::to_writer(&mut body, &self.job)
+            .unwrap_or_else(|e| unreachable!("a job always serialises: {e}"));
+        // Reopen the job object (it always has fields) to add the GUIDs.
+        body.pop();
+        body.extend_from_slice(br#","guids":"#);
+        guid_list::write_json(&mut body, &self.guids);
+        body.push(b'}');
+        body
+    }
 }
 
 /// Query parameters of a submission.
@@ -398,7 +415,8 @@ async fn respond(
     // RFC 7240: the preference was honoured (we waited), whatever the outcome.
     let wait_header = waited.and_then(|secs| HeaderValue::from_str(&format!("wait={secs}")).ok());
     accepted.job = progress::accepted(state, accepted.job);
-    let mut response = (status, Json(accepted)).into_response();
+    let json = HeaderValue::from_static("application/json");
+    let mut response = (status, [(header::CONTENT_TYPE, json)], accepted.to_json()).into_response();
     let headers = response.headers_mut();
     if let Ok(location) = HeaderValue::from_str(&location) {
         headers.insert(header::LOCATION, location);
@@ -410,4 +428,61 @@ async fn respond(
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{jobs::EntityColumn, JobError, JobStatus};
+    use chrono::Utc;
+
+    fn job(status: JobStatus) -> Job {
+        Job {
+            correlation_id: Uuid::now_v7(),
+            company_guid: Uuid::now_v7(),
+            entity: EntityColumn(Entity::Pieces),
+            status,
+            item_count: 3,
+            inserted: None,
+            updated: None,
+            unchanged: None,
+            error: None,
+            attempts: 0,
+            dry_run: false,
+            shard: 2,
+            submitted_at: Utc::now(),
+            started_at: None,
+            completed_at: None,
+            queue_position: None,
+            estimated_start_at: None,
+        }
+    }
+
+    #[test]
+    fn the_answer_body_is_what_serde_writes_for_it() {
+        let queued = Job {
+            queue_position: Some(4),
+            estimated_start_at: Some(Utc::now()),
+            ..job(JobStatus::Queued)
+        };
+        let finished = Job {
+            inserted: Some(0),
+            updated: Some(0),
+            unchanged: Some(0),
+            dry_run: true,
+            started_at: Some(Utc::now()),
+            completed_at: Some(Utc::now()),
+            error: Some(JobError::company_access_violation(vec![1])),
+            ..job(JobStatus::Failed)
+        };
+        for (job, count) in [(queued, 3), (finished, 0), (job(JobStatus::Succeeded), 1)] {
+            let accepted = Accepted {
+                job,
+                guids: (0..count).map(|_| Uuid::new_v4()).collect(),
+            };
+            let written: serde_json::Value =
+                serde_json::from_slice(&accepted.to_json()).expect("valid JSON");
+            assert_eq!(written, serde_json::to_value(&accepted).expect("json"));
+        }
+    }
 }

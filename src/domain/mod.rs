@@ -3,6 +3,7 @@
 mod attributes;
 mod entity;
 mod fast;
+pub mod guid_list;
 mod items;
 mod scan;
 pub mod schema;

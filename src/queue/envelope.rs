@@ -6,7 +6,7 @@
 //! a fifth of its CPU time. Workers still read version 1, whose items carry
 //! their GUIDs, so a queue filled by an older api drains after an upgrade.
 
-use crate::domain::{Batch, Entity};
+use crate::domain::{guid_list, Batch, Entity};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -35,12 +35,11 @@ pub struct BatchMessage {
 
 /// The fields of a message besides its items.
 #[derive(Debug, Serialize)]
-struct Header<'a> {
+struct Header {
     version: u32,
     correlation_id: Uuid,
     company_guid: Uuid,
     dry_run: bool,
-    guids: &'a [Uuid],
 }
 
 /// Why a delivered message is not a batch we can apply.
@@ -94,13 +93,14 @@ impl BatchMessage {
             correlation_id,
             company_guid,
             dry_run,
-            guids,
         };
         let mut body = Vec::with_capacity(items_json.len() + 40 * guids.len() + 256);
         serde_json::to_writer(&mut body, &header)
             .unwrap_or_else(|e| unreachable!("a header always serialises: {e}"));
-        // Reopen the header object to add the batch to it.
+        // Reopen the header object to add the GUIDs and the batch to it.
         body.pop();
+        body.extend_from_slice(br#","guids":"#);
+        guid_list::write_json(&mut body, guids);
         body.extend_from_slice(br#","batch":{"entity":""#);
         body.extend_from_slice(entity.as_str().as_bytes());
         body.extend_from_slice(br#"","items":"#);
