@@ -81,6 +81,12 @@ impl CpuMeter {
     /// its log and writes it on afterwards, so work a phase caused goes on
     /// for a moment after the phase (up to `SETTLE_LIMIT`).
     pub async fn settled_per_item(&self, items: usize) -> CpuPerItem {
+        self.quiet().await;
+        self.per_item(items)
+    }
+
+    /// Waits until the processes have gone quiet (up to `SETTLE_LIMIT`).
+    pub async fn quiet(&self) {
         let started = std::time::Instant::now();
         let mut last = self.total();
         while started.elapsed() < SETTLE_LIMIT {
@@ -91,7 +97,6 @@ impl CpuMeter {
             }
             last = now;
         }
-        self.per_item(items)
     }
 
     fn total(&self) -> f64 {
@@ -112,6 +117,14 @@ impl CpuMeter {
             })
             .collect()
     }
+}
+
+/// Waits until the broker has gone quiet before a measured run: it goes on
+/// writing (and, for deleted queues, cleaning up) for a while after a run,
+/// and the next run would otherwise pay for the last one's work in its CPU
+/// figures and its rate.
+pub async fn broker_quiet(broker: Option<u32>) {
+    CpuMeter::start([("broker", broker)]).quiet().await;
 }
 
 /// `api 2.10, broker 1.30, bench 0.20 µs/item`, for the console.

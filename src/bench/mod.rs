@@ -320,6 +320,7 @@ async fn intake(
     let mut stack = service::Stack::new(base, "intake").await?;
     stack.start_api().await?;
     let requests = stack.requests(loads).await?;
+    cpu::broker_quiet(broker_pid).await;
     let meter = CpuMeter::bench_and_broker(broker_pid).with("api", stack.api_pid());
     let (rate, latency) = stack.submit(requests, concurrency).await?;
     let cpu = meter.settled_per_item(items).await;

@@ -1,7 +1,7 @@
 //! The raw limits the service is measured against: the worker's upsert
 //! statement driven directly, and the broker with pipelined confirms.
 
-use super::cpu::{CpuMeter, CpuPerItem};
+use super::cpu::{self, CpuMeter, CpuPerItem};
 use super::{data::TenantLoad, stats::Rate, BenchError};
 use crate::{
     domain::Batch,
@@ -136,6 +136,7 @@ pub async fn broker(
     topology.declare(&channel).await?;
     let exchange = topology.requests_exchange();
 
+    cpu::broker_quiet(broker_pid).await;
     let cpu = CpuMeter::bench_and_broker(broker_pid);
     let started = Instant::now();
     let mut in_flight = FuturesUnordered::new();
