@@ -18,7 +18,6 @@ pub use state::AppState;
 pub use submit::Accepted;
 
 use axum::{
-    extract::DefaultBodyLimit,
     http::header,
     middleware,
     response::IntoResponse,
@@ -29,13 +28,10 @@ use tower_http::trace::TraceLayer;
 
 /// The public API: `/api/v1/…`, `/healthz`, `/readyz`.
 pub fn public_router(state: AppState) -> Router {
-    let body_limit = state.settings.max_body_bytes;
     Router::new()
         .route("/api/v1/sync/jobs/{correlation_id}", get(jobs::get_job))
-        .route(
-            "/api/v1/sync/{entity}",
-            post(submit::submit).layer(DefaultBodyLimit::max(body_limit)),
-        )
+        // The body is read, and held to `max_body_bytes`, by the handler.
+        .route("/api/v1/sync/{entity}", post(submit::submit))
         .route("/api/v1/openapi.json", get(openapi_document))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -7,7 +7,7 @@ use crate::{
     domain::{
         guid_list, parse_submission, Batch, BatchError, Entity, FieldError, Manifest, Parsed,
     },
-    queue::{results::Waiter, BatchMessage, PublishError},
+    queue::{results::Waiter, BatchMessage, ForwardedMessage, PublishError},
     store::{
         idempotency::{self, Recorded},
         jobs, Job, NewJob,
@@ -15,14 +15,12 @@ use crate::{
     telemetry::{metrics as m, trace::TraceContext},
 };
 use axum::{
-    body::Bytes,
-    extract::{
-        rejection::{BytesRejection, QueryRejection},
-        Extension, Path, Query, State,
-    },
+    body::Body,
+    extract::{rejection::QueryRejection, Extension, Path, Query, State},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
@@ -72,8 +70,8 @@ struct Submission {
 
 /// How a submission's items travel on to the queue.
 enum Items {
-    /// The request body, forwarded as sent.
-    AsSent(Bytes),
+    /// The request body, forwarded as sent: read into its message.
+    AsSent(ForwardedMessage),
     /// The batch as the walk read it, to be serialised again.
     Normalised(Batch),
 }
@@ -87,7 +85,7 @@ pub async fn submit(
     principal: Principal,
     trace: Option<Extension<TraceContext>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     if !principal.can_write() {
         return Err(ApiError::InsufficientScope);
@@ -105,14 +103,14 @@ pub async fn submit(
     require_json(&headers)?;
     let key = prefer::idempotency_key(&headers)?;
     let wait = prefer::wait(&headers);
-    let body = body.map_err(|rejection| body_error(&state, rejection))?;
+    let message = read_body(&state, entity, &headers, body).await?;
     // Only a keyed request is ever compared with another one.
     let request_hash = if key.is_some() {
-        request_hash(entity, params.dry_run, &body)
+        request_hash(entity, params.dry_run, message.items())
     } else {
         Vec::new()
     };
-    let (manifest, items) = parse(&state, entity, body).await?;
+    let (manifest, items) = parse(&state, entity, message).await?;
     let forbidden = access::forbidden_items(&principal, &manifest);
     if !forbidden.is_empty() {
         return Err(ApiError::CompanyAccessDenied { indexes: forbidden });
@@ -179,7 +177,7 @@ async fn queue(
 async fn parse(
     state: &AppState,
     entity: Entity,
-    body: Bytes,
+    message: ForwardedMessage,
 ) -> Result<(Manifest, Items), ApiError> {
     let _permit = state
         .parse_permits
@@ -187,30 +185,55 @@ async fn parse(
         .await
         .map_err(|_| ApiError::Internal("parse limiter closed".into()))?;
     let limit = state.settings.batch_limit(entity);
-    let bytes = body.clone();
-    let parsed = tokio::task::spawn_blocking(move || parse_submission(entity, &bytes, limit))
-        .await
-        .map_err(|e| ApiError::Internal(format!("parsing panicked: {e}")))?;
+    let (message, parsed) = tokio::task::spawn_blocking(move || {
+        let parsed = parse_submission(entity, message.items(), limit);
+        (message, parsed)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("parsing panicked: {e}")))?;
     match parsed {
-        Ok(Parsed::AsSent(manifest)) => Ok((manifest, Items::AsSent(body))),
+        Ok(Parsed::AsSent(manifest)) => Ok((manifest, Items::AsSent(message))),
         Ok(Parsed::Normalised(batch)) => Ok((Manifest::of(&batch), Items::Normalised(batch))),
         Err(e @ BatchError::TooLarge { .. }) => Err(ApiError::BatchTooLarge(e.to_string())),
         Err(BatchError::Invalid(errors)) => Err(ApiError::Validation(errors)),
     }
 }
 
-fn body_error(state: &AppState, rejection: BytesRejection) -> ApiError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::PayloadTooLarge {
-            limit: state.settings.max_body_bytes,
-        }
-    } else {
-        ApiError::Validation(vec![FieldError {
-            index: None,
-            field: None,
-            message: rejection.body_text(),
-        }])
+/// Reads the request body, up to `max_body_bytes`, straight into the
+/// message its items will travel in (see [`ForwardedMessage`]).
+async fn read_body(
+    state: &AppState,
+    entity: Entity,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<ForwardedMessage, ApiError> {
+    let limit = state.settings.max_body_bytes;
+    let too_large = ApiError::PayloadTooLarge { limit };
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|len| len > limit) {
+        return Err(too_large);
     }
+    let mut message = ForwardedMessage::new(entity, announced.unwrap_or(0));
+    let mut read = 0usize;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::Validation(vec![FieldError {
+                index: None,
+                field: None,
+                message: format!("cannot read the request body: {e}"),
+            }])
+        })?;
+        read += chunk.len();
+        if read > limit {
+            return Err(too_large);
+        }
+        message.push_items(&chunk);
+    }
+    Ok(message)
 }
 
 fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -326,14 +349,7 @@ async fn submit_new(
         // batch) dropped: through the job insert and the confirm, only the
         // message bytes stay in memory.
         let body = match items {
-            Items::AsSent(items) => BatchMessage::forwarded(
-                correlation_id,
-                owner,
-                dry_run,
-                new_job.entity,
-                &items,
-                &guids,
-            ),
+            Items::AsSent(message) => message.finish(correlation_id, owner, dry_run, &guids),
             Items::Normalised(batch) => {
                 BatchMessage::new(correlation_id, owner, dry_run, batch).to_json()
             }

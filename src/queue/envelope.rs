@@ -42,6 +42,73 @@ struct Header {
     dry_run: bool,
 }
 
+/// A message built around items as the client sent them, which are read
+/// straight into it: the batch — hundreds of KiB — is copied once, from the
+/// connection into the message, instead of into a body first and from there
+/// into the message. The items come first, so nothing need be known of them
+/// to start; the fields that depend on them follow (readers of JSON do not
+/// care about the order of keys).
+#[derive(Debug)]
+pub struct ForwardedMessage {
+    body: Vec<u8>,
+    items_start: usize,
+}
+
+impl ForwardedMessage {
+    /// A message for `entity` items, sized for about `items_len` bytes of
+    /// them (and their GUIDs) so that it need not grow.
+    pub fn new(entity: Entity, items_len: usize) -> Self {
+        // A hyphenated GUID takes 39 bytes in the list; a full batch of
+        // pieces, 430 bytes each, needs a tenth more room for them.
+        let mut body = Vec::with_capacity(items_len + items_len / 8 + 256);
+        body.extend_from_slice(br#"{"batch":{"entity":""#);
+        body.extend_from_slice(entity.as_str().as_bytes());
+        body.extend_from_slice(br#"","items":"#);
+        let items_start = body.len();
+        ForwardedMessage { body, items_start }
+    }
+
+    /// Appends the next bytes of the items' JSON text.
+    pub fn push_items(&mut self, bytes: &[u8]) {
+        self.body.extend_from_slice(bytes);
+    }
+
+    /// The items' JSON text so far.
+    pub fn items(&self) -> &[u8] {
+        &self.body[self.items_start..]
+    }
+
+    /// The finished body, once the items are complete and valid: `guids`
+    /// is every item's GUID, in order.
+    pub fn finish(
+        mut self,
+        correlation_id: Uuid,
+        company_guid: Uuid,
+        dry_run: bool,
+        guids: &[Uuid],
+    ) -> Vec<u8> {
+        let header = Header {
+            version: MESSAGE_VERSION,
+            correlation_id,
+            company_guid,
+            dry_run,
+        };
+        let body = &mut self.body;
+        // Close the batch, then add the header's fields to the outer object.
+        body.extend_from_slice(b"},");
+        let fields_start = body.len();
+        serde_json::to_writer(&mut *body, &header)
+            .unwrap_or_else(|e| unreachable!("a header always serialises: {e}"));
+        // `{"version":…}` becomes `"version":…` after the comma.
+        body.remove(fields_start);
+        body.pop();
+        body.extend_from_slice(br#","guids":"#);
+        guid_list::write_json(body, guids);
+        body.push(b'}');
+        self.body
+    }
+}
+
 /// Why a delivered message is not a batch we can apply.
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
@@ -88,25 +155,9 @@ impl BatchMessage {
         items_json: &[u8],
         guids: &[Uuid],
     ) -> Vec<u8> {
-        let header = Header {
-            version: MESSAGE_VERSION,
-            correlation_id,
-            company_guid,
-            dry_run,
-        };
-        let mut body = Vec::with_capacity(items_json.len() + 40 * guids.len() + 256);
-        serde_json::to_writer(&mut body, &header)
-            .unwrap_or_else(|e| unreachable!("a header always serialises: {e}"));
-        // Reopen the header object to add the GUIDs and the batch to it.
-        body.pop();
-        body.extend_from_slice(br#","guids":"#);
-        guid_list::write_json(&mut body, guids);
-        body.extend_from_slice(br#","batch":{"entity":""#);
-        body.extend_from_slice(entity.as_str().as_bytes());
-        body.extend_from_slice(br#"","items":"#);
-        body.extend_from_slice(items_json);
-        body.extend_from_slice(b"}}");
-        body
+        let mut message = ForwardedMessage::new(entity, items_json.len());
+        message.push_items(items_json);
+        message.finish(correlation_id, company_guid, dry_run, guids)
     }
 
     /// Reads a message body (version 1 or 2).
@@ -163,6 +214,29 @@ mod tests {
             BatchMessage::from_json(&message.to_json()).expect("readable"),
             message
         );
+    }
+
+    #[test]
+    fn items_read_in_pieces_make_the_same_message() {
+        let company = Uuid::now_v7();
+        let items = body(company);
+        let guids = parse_batch(Entity::Pieces, &items, 10)
+            .expect("valid")
+            .guids();
+        let id = Uuid::now_v7();
+        let whole = BatchMessage::forwarded(id, company, false, Entity::Pieces, &items, &guids);
+        for piece in [1, 7, items.len()] {
+            // Announced length wrong on purpose: the buffer grows as needed.
+            let mut message = ForwardedMessage::new(Entity::Pieces, 3);
+            for chunk in items.chunks(piece) {
+                message.push_items(chunk);
+            }
+            assert_eq!(message.items(), items.as_slice());
+            assert_eq!(message.finish(id, company, false, &guids), whole);
+        }
+        let read = BatchMessage::from_json(&whole).expect("readable");
+        assert_eq!((read.correlation_id, read.company_guid), (id, company));
+        assert_eq!(read.guids.as_deref(), Some(guids.as_slice()));
     }
 
     #[test]

@@ -5,6 +5,6 @@ pub mod publisher;
 pub mod results;
 pub mod topology;
 
-pub use envelope::{BatchMessage, EnvelopeError, MESSAGE_VERSION};
+pub use envelope::{BatchMessage, EnvelopeError, ForwardedMessage, MESSAGE_VERSION};
 pub use publisher::{PublishError, Publisher};
 pub use topology::Topology;
