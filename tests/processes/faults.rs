@@ -81,15 +81,26 @@ fn assert_outage_answers(scenario: &str, submissions: &[Vec<Submission>]) {
     }
 }
 
-/// Joins two loads tenant by tenant (the second continues the first).
-fn chain(first: Load, second: Load) -> Load {
+/// Continues each tenant's load with `seqs` once its first part is done.
+/// One client per tenant, as the order guarantee assumes: two clients
+/// pushing one tenant's batches at once have no order between them (a
+/// second load started while the first still ran, on a machine where the
+/// first outlasted the outage, interleaved its batches with the first's
+/// and the audit called that out of order).
+fn continue_load(
+    cluster: &Cluster,
+    tenants: &[Tenant],
+    first: Load,
+    seqs: std::ops::RangeInclusive<i32>,
+) -> Load {
     first
         .into_iter()
-        .zip(second)
-        .map(|(a, b)| {
+        .zip(tenants)
+        .map(|(first, tenant)| {
+            let (base, tenant, seqs) = (cluster.base(), tenant.clone(), seqs.clone());
             tokio::spawn(async move {
-                let mut all = a.await.expect("load");
-                all.extend(b.await.expect("load"));
+                let mut all = first.await.expect("load");
+                all.extend(push(base, tenant, seqs, PAUSE).await);
                 all
             })
         })
@@ -183,8 +194,8 @@ async fn outage_scenario(scenario: &str, stop: &str, start: &str, port: u16) {
         ready_again,
         "{scenario}: the api did not become ready again by itself"
     );
-    let after = start_load_seqs(&cluster, &tenants, 1001..=1010);
-    let (verdict, submissions) = judge(scenario, &cluster, &tenants, chain(loads, after)).await;
+    let loads = continue_load(&cluster, &tenants, loads, 1001..=1010);
+    let (verdict, submissions) = judge(scenario, &cluster, &tenants, loads).await;
     assert_outage_answers(scenario, &submissions);
     assert_eq!(
         ready_during_outage, 503,
