@@ -41,11 +41,7 @@ impl Accepted {
         let mut body = Vec::with_capacity(512);
         serde_json::to_writer(&mut body, &self.job)
             .unwrap_or_else(|e| unreachable!("a job always serialises: {e}"));
-        // Reopen the job object (it always has fields) to add the GUIDs.
-        body.pop();
-        body.extend_from_slice(br#","guids":"#);
-        guid_list::write_json(&mut body, &self.guids);
-        body.push(b'}');
+        guid_list::add_to_object(&mut body, &self.guids);
         body
     }
 }

@@ -29,6 +29,16 @@ pub fn write_json(out: &mut Vec<u8>, guids: &[Uuid]) {
     out.push(b']');
 }
 
+/// Adds `"guids": [...]` as the last field of the JSON object `out` ends
+/// with (which has a field already): the object is reopened, not rebuilt.
+pub fn add_to_object(out: &mut Vec<u8>, guids: &[Uuid]) {
+    debug_assert_eq!(out.last(), Some(&b'}'));
+    out.pop();
+    out.extend_from_slice(br#","guids":"#);
+    write_json(out, guids);
+    out.push(b'}');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +68,14 @@ mod tests {
                 String::from_utf8(expected).expect("utf-8")
             );
         }
+    }
+
+    #[test]
+    fn guids_become_the_last_field_of_an_object() {
+        let guids = [Uuid::now_v7(), Uuid::new_v4()];
+        let mut object = br#"{"id":7}"#.to_vec();
+        add_to_object(&mut object, &guids);
+        let read: serde_json::Value = serde_json::from_slice(&object).expect("valid JSON");
+        assert_eq!(read, serde_json::json!({"id": 7, "guids": guids}));
     }
 }

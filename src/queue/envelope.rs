@@ -101,10 +101,7 @@ impl ForwardedMessage {
             .unwrap_or_else(|e| unreachable!("a header always serialises: {e}"));
         // `{"version":…}` becomes `"version":…` after the comma.
         body.remove(fields_start);
-        body.pop();
-        body.extend_from_slice(br#","guids":"#);
-        guid_list::write_json(body, guids);
-        body.push(b'}');
+        guid_list::add_to_object(body, guids);
         self.body
     }
 }
