@@ -143,7 +143,9 @@ impl BatchMessage {
     /// The body of the message [`BatchMessage::new`] would make, with the
     /// items copied from `items_json` — a JSON array of `entity` items that
     /// parses to that batch, bar the GUIDs, which `guids` carries — rather
-    /// than serialised again.
+    /// than serialised again. The api builds it piece by piece
+    /// ([`ForwardedMessage`]); this is the same in one call, for tests.
+    #[cfg(test)]
     pub fn forwarded(
         correlation_id: Uuid,
         company_guid: Uuid,
