@@ -51,20 +51,12 @@ async fn tenants(cluster: &Cluster, n: usize) -> Vec<Tenant> {
 
 type Load = Vec<tokio::task::JoinHandle<Vec<Submission>>>;
 
-/// Pushes `batches` per tenant in the background.
+/// Pushes `batches` per tenant (sequence numbers 1 to `batches`) in the
+/// background.
 fn start_load(cluster: &Cluster, tenants: &[Tenant], batches: i32) -> Load {
-    start_load_seqs(cluster, tenants, 1..=batches)
-}
-
-/// Pushes one batch per sequence number per tenant in the background.
-fn start_load_seqs(
-    cluster: &Cluster,
-    tenants: &[Tenant],
-    seqs: std::ops::RangeInclusive<i32>,
-) -> Load {
     tenants
         .iter()
-        .map(|t| tokio::spawn(push(cluster.base(), t.clone(), seqs.clone(), PAUSE)))
+        .map(|t| tokio::spawn(push(cluster.base(), t.clone(), 1..=batches, PAUSE)))
         .collect()
 }
 
