@@ -4,8 +4,14 @@
 //! publish rate alone swings by a third between runs); the CPU each process
 //! spends per item hardly moves, so it is the figure that shows what an
 //! optimisation bought and which process a phase is short of cores for.
-//! Linux only (`/proc`); elsewhere the figures are absent.
+//!
+//! The whole machine's CPU is counted too (`machine`: every process and
+//! the kernel's own threads), with how busy the cores were while a phase
+//! ran: a phase whose cores were all busy is bound by CPU, not by the
+//! service's design, and its ratio to a raw limit that left cores idle
+//! says so. Linux only (`/proc`); elsewhere the figures are absent.
 
+use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// Clock ticks per second of `/proc/*/stat` times. `USER_HZ` is part of
@@ -23,6 +29,74 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / TICKS_PER_SEC)
+}
+
+/// CPU clock ticks of the whole machine, all cores together, from the
+/// first line of `/proc/stat` (whole numbers: differences are exact).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct MachineTimes {
+    /// Running anything: user, nice, system, irq, softirq.
+    busy: f64,
+    /// Of which in the kernel: system, irq, softirq.
+    kernel: f64,
+    /// Everything, idle, I/O wait and time stolen by a hypervisor included.
+    all: f64,
+}
+
+impl MachineTimes {
+    fn read() -> Option<MachineTimes> {
+        MachineTimes::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    fn parse(stat: &str) -> Option<MachineTimes> {
+        let line = stat.lines().next()?.strip_prefix("cpu ")?;
+        let ticks: Vec<f64> = line
+            .split_whitespace()
+            .map(|field| field.parse().ok())
+            .collect::<Option<_>>()?;
+        // user nice system idle iowait irq softirq steal; guest time is
+        // already counted in user and nice.
+        let [user, nice, system, idle, iowait, irq, softirq, steal] =
+            *ticks.get(..8)?.first_chunk::<8>()?;
+        let kernel = system + irq + softirq;
+        Some(MachineTimes {
+            busy: user + nice + kernel,
+            kernel,
+            all: user + nice + kernel + idle + iowait + steal,
+        })
+    }
+}
+
+/// How busy the machine's cores were over a stretch of time, as shares of
+/// all their time (1.0: every core busy throughout).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MachineLoad {
+    pub busy: f64,
+    pub kernel: f64,
+}
+
+impl MachineLoad {
+    fn between(start: MachineTimes, end: MachineTimes) -> Option<MachineLoad> {
+        let all = end.all - start.all;
+        (all > 0.0).then(|| MachineLoad {
+            busy: (end.busy - start.busy) / all,
+            kernel: (end.kernel - start.kernel) / all,
+        })
+    }
+
+    /// `cores 97% busy (kernel 45%)`, for the console.
+    pub fn describe(load: Option<MachineLoad>) -> String {
+        load.map_or_else(
+            || "cores n/a".into(),
+            |l| {
+                format!(
+                    "cores {:.0}% busy (kernel {:.0}%)",
+                    l.busy * 100.0,
+                    l.kernel * 100.0
+                )
+            },
+        )
+    }
 }
 
 /// The local broker's process, if there is one.
@@ -46,9 +120,10 @@ const QUIET_SHARE: f64 = 0.1;
 /// CPU microseconds per item, by process role (`api`, `broker`, `bench` …).
 pub type CpuPerItem = BTreeMap<&'static str, f64>;
 
-/// CPU clocks of a few processes, started at one moment.
+/// CPU clocks of a few processes and of the machine, started at one moment.
 pub struct CpuMeter {
     start: Vec<(&'static str, u32, f64)>,
+    machine: Option<MachineTimes>,
 }
 
 impl CpuMeter {
@@ -62,7 +137,10 @@ impl CpuMeter {
                 Some((role, pid, cpu_seconds(pid)?))
             })
             .collect();
-        CpuMeter { start }
+        CpuMeter {
+            start,
+            machine: MachineTimes::read(),
+        }
     }
 
     /// The usual cast: this benchmark process and the local broker.
@@ -106,15 +184,27 @@ impl CpuMeter {
             .sum()
     }
 
-    /// CPU spent since the start, in microseconds per item.
+    /// How busy the machine's cores have been since the start: read it
+    /// when a phase's work ends.
+    pub fn load(&self) -> Option<MachineLoad> {
+        MachineLoad::between(self.machine?, MachineTimes::read()?)
+    }
+
+    /// CPU spent since the start, in microseconds per item: each process's,
+    /// and the whole machine's as `machine`.
     pub fn per_item(&self, items: usize) -> CpuPerItem {
         let items = items.max(1) as f64;
+        let machine = self.machine.zip(MachineTimes::read()).map(|(start, now)| {
+            let spent = (now.busy - start.busy) / TICKS_PER_SEC;
+            ("machine", spent * 1e6 / items)
+        });
         self.start
             .iter()
             .filter_map(|&(role, pid, start)| {
                 let spent = cpu_seconds(pid)? - start;
                 Some((role, spent * 1e6 / items))
             })
+            .chain(machine)
             .collect()
     }
 }
@@ -166,7 +256,67 @@ mod tests {
     #[test]
     fn a_missing_process_is_left_out() {
         let meter = CpuMeter::start([("gone", Some(u32::MAX))]);
-        assert!(meter.per_item(10).is_empty());
-        assert_eq!(describe(&meter.per_item(10)), "n/a");
+        assert!(!meter.per_item(10).contains_key("gone"));
+        let machine_only = CpuPerItem::from([("machine", 1.0)]);
+        assert_eq!(
+            meter.per_item(10).keys().collect::<Vec<_>>(),
+            machine_only.keys().collect::<Vec<_>>()
+        );
+        assert_eq!(describe(&CpuPerItem::new()), "n/a");
+    }
+
+    #[test]
+    fn machine_times_add_up_from_proc_stat() {
+        let stat = "cpu  100 20 30 400 50 6 4 10 7 0\ncpu0 50 10 15 200 25 3 2 5 3 0\n";
+        let times = MachineTimes::parse(stat).unwrap();
+        // busy: user + nice + system + irq + softirq; all adds idle,
+        // iowait and steal; guest (already in user) is not added again.
+        assert_eq!(
+            times,
+            MachineTimes {
+                busy: 160.0,
+                kernel: 40.0,
+                all: 620.0
+            }
+        );
+        assert_eq!(MachineTimes::parse("intr 1 2 3\n"), None);
+        assert_eq!(MachineTimes::parse("cpu  1 2 3\n"), None);
+
+        let later = MachineTimes {
+            busy: 260.0,
+            kernel: 90.0,
+            all: 820.0,
+        };
+        assert_eq!(
+            MachineLoad::between(times, later),
+            Some(MachineLoad {
+                busy: 0.5,
+                kernel: 0.25
+            })
+        );
+        assert_eq!(MachineLoad::between(times, times), None);
+        let load = MachineLoad::between(times, later);
+        assert_eq!(MachineLoad::describe(load), "cores 50% busy (kernel 25%)");
+        assert_eq!(MachineLoad::describe(None), "cores n/a");
+    }
+
+    #[test]
+    fn the_machine_shows_this_process_working() {
+        let meter = CpuMeter::start([("bench", Some(std::process::id()))]);
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while meter.per_item(1)["bench"] < 50_000.0
+            && started.elapsed() < std::time::Duration::from_secs(20)
+        {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+        }
+        let cpu = meter.per_item(1);
+        // The machine spent at least what this process did.
+        assert!(cpu["machine"] >= cpu["bench"] * 0.9, "{cpu:?}");
+        let load = meter.load().expect("a Linux machine");
+        assert!(load.busy > 0.0 && load.busy <= 1.0, "{load:?}");
+        assert!(load.kernel <= load.busy, "{load:?}");
     }
 }

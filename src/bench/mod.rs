@@ -18,7 +18,7 @@ mod service;
 mod stats;
 
 use crate::config::Settings;
-use cpu::{CpuMeter, CpuPerItem};
+use cpu::{CpuMeter, CpuPerItem, MachineLoad};
 use serde::Serialize;
 use stats::{Latency, Rate};
 use std::collections::BTreeMap;
@@ -103,8 +103,11 @@ pub struct Report {
     pub worker_peak_rss_mb: Option<f64>,
     pub end_to_end: Rate,
     pub end_to_end_job_latency: Latency,
-    /// CPU microseconds per item of each process, by phase.
+    /// CPU microseconds per item of each process, and of the whole
+    /// machine (`machine`), by phase.
     pub cpu_us_per_item: BTreeMap<&'static str, CpuPerItem>,
+    /// How busy the machine's cores were during each phase.
+    pub cores_busy: BTreeMap<&'static str, MachineLoad>,
     pub ratios: Ratios,
 }
 
@@ -182,11 +185,12 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
     }
     let broker = broker.expect("at least one raw broker run");
     eprintln!(
-        "bench: raw broker publish  {:>9.0} items/s (best of {}), consume {:.0} items/s; {}",
+        "bench: raw broker publish  {:>9.0} items/s (best of {}), consume {:.0} items/s; {}; {}",
         broker.publish.items_per_sec,
         rates(&raw_publish_runs),
         broker.consume.items_per_sec,
-        cpu::describe(&broker.publish_cpu)
+        cpu::describe(&broker.publish_cpu),
+        MachineLoad::describe(broker.publish_load)
     );
 
     // 3. Intake, each run on a stack of its own; then 4. drain the last
@@ -221,6 +225,7 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
         rate: intake,
         latency: intake_latency,
         cpu: intake_cpu,
+        load: intake_load,
         ..
     } = best_intake;
     let drain_started = Instant::now();
@@ -228,13 +233,15 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
     let meter = CpuMeter::start([("broker", broker_pid), ("worker", stack.worker_pid())]);
     stack.wait_drained(Duration::from_secs(900)).await?;
     let drain = Rate::new(items, drain_started.elapsed());
+    let drain_load = meter.load();
     let drain_cpu = meter.settled_per_item(items).await;
     let (_, worker_rss) = stack.peak_rss();
     stack.teardown().await;
     eprintln!(
-        "bench: drain              {:>9.0} items/s; {}",
+        "bench: drain              {:>9.0} items/s; {}; {}",
         drain.items_per_sec,
-        cpu::describe(&drain_cpu)
+        cpu::describe(&drain_cpu),
+        MachineLoad::describe(drain_load)
     );
 
     // 5. End to end.
@@ -249,12 +256,15 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
     stack.submit(requests, args.concurrency).await?;
     stack.wait_drained(Duration::from_secs(900)).await?;
     let end_to_end = Rate::new(items, started.elapsed());
+    let end_to_end_load = meter.load();
     let end_to_end_cpu = meter.settled_per_item(items).await;
     let end_to_end_job_latency = stack.job_latencies().await?;
     stack.teardown().await;
     eprintln!(
-        "bench: end to end         {:>9.0} items/s (job p99 {:.0} ms)",
-        end_to_end.items_per_sec, end_to_end_job_latency.p99_ms
+        "bench: end to end         {:>9.0} items/s (job p99 {:.0} ms); {}",
+        end_to_end.items_per_sec,
+        end_to_end_job_latency.p99_ms,
+        MachineLoad::describe(end_to_end_load)
     );
 
     let ratios = Ratios {
@@ -287,6 +297,15 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
             ("drain", drain_cpu),
             ("end_to_end", end_to_end_cpu),
         ]),
+        cores_busy: [
+            ("raw_broker_publish", broker.publish_load),
+            ("intake", intake_load),
+            ("drain", drain_load),
+            ("end_to_end", end_to_end_load),
+        ]
+        .into_iter()
+        .filter_map(|(phase, load)| Some((phase, load?)))
+        .collect(),
         ratios,
     };
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
@@ -305,6 +324,7 @@ struct Intake {
     rate: Rate,
     latency: Latency,
     cpu: CpuPerItem,
+    load: Option<MachineLoad>,
     api_rss: Option<u64>,
 }
 
@@ -323,19 +343,22 @@ async fn intake(
     cpu::broker_quiet(broker_pid).await;
     let meter = CpuMeter::bench_and_broker(broker_pid).with("api", stack.api_pid());
     let (rate, latency) = stack.submit(requests, concurrency).await?;
+    let load = meter.load();
     let cpu = meter.settled_per_item(items).await;
     let (api_rss, _) = stack.peak_rss();
     eprintln!(
-        "bench: intake             {:>9.0} items/s (p50 {:.1} ms, p99 {:.1} ms); {}",
+        "bench: intake             {:>9.0} items/s (p50 {:.1} ms, p99 {:.1} ms); {}; {}",
         rate.items_per_sec,
         latency.p50_ms,
         latency.p99_ms,
-        cpu::describe(&cpu)
+        cpu::describe(&cpu),
+        MachineLoad::describe(load)
     );
     let run = Intake {
         rate,
         latency,
         cpu,
+        load,
         api_rss,
     };
     Ok((stack, run))
@@ -364,9 +387,13 @@ pub fn summary(report: &Report) -> String {
         r.end_to_end_vs_db_upsert,
         report.end_to_end_job_latency.p99_ms,
     );
-    let cpu = report
-        .cpu_us_per_item
-        .iter()
-        .map(|(phase, cpu)| format!("\ncpu {phase:<18} {}", cpu::describe(cpu)));
+    let cpu = report.cpu_us_per_item.iter().map(|(phase, cpu)| {
+        let load = report.cores_busy.get(phase).copied();
+        format!(
+            "\ncpu {phase:<18} {}; {}",
+            cpu::describe(cpu),
+            MachineLoad::describe(load)
+        )
+    });
     figures + &cpu.collect::<String>()
 }

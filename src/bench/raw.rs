@@ -1,7 +1,7 @@
 //! The raw limits the service is measured against: the worker's upsert
 //! statement driven directly, and the broker with pipelined confirms.
 
-use super::cpu::{self, CpuMeter, CpuPerItem};
+use super::cpu::{self, CpuMeter, CpuPerItem, MachineLoad};
 use super::{data::TenantLoad, stats::Rate, BenchError};
 use crate::{
     domain::Batch,
@@ -92,6 +92,8 @@ pub struct BrokerRates {
     pub consume: Rate,
     /// CPU the publisher and the broker spent per item while publishing.
     pub publish_cpu: CpuPerItem,
+    /// How busy the cores were while publishing.
+    pub publish_load: Option<MachineLoad>,
 }
 
 impl BrokerRates {
@@ -102,15 +104,17 @@ impl BrokerRates {
         } else {
             self.consume
         };
-        let (publish, publish_cpu) = if other.publish.items_per_sec > self.publish.items_per_sec {
-            (other.publish, other.publish_cpu)
-        } else {
-            (self.publish, self.publish_cpu)
-        };
+        let (publish, publish_cpu, publish_load) =
+            if other.publish.items_per_sec > self.publish.items_per_sec {
+                (other.publish, other.publish_cpu, other.publish_load)
+            } else {
+                (self.publish, self.publish_cpu, self.publish_load)
+            };
         BrokerRates {
             publish,
             consume,
             publish_cpu,
+            publish_load,
         }
     }
 }
@@ -166,6 +170,7 @@ pub async fn broker(
         check_ack(confirm)?;
     }
     let publish = Rate::new(items, started.elapsed());
+    let publish_load = cpu.load();
     let publish_cpu = cpu.settled_per_item(items).await;
 
     let consumer_channel = connection.create_channel().await?;
@@ -201,6 +206,7 @@ pub async fn broker(
         publish,
         consume,
         publish_cpu,
+        publish_load,
     })
 }
 
