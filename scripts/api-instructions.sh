@@ -15,6 +15,7 @@ cd "$(dirname "$0")/.."
 
 batches=${1:-16}
 bin=${SYNC_INGEST_BIN:-${CARGO_TARGET_DIR:-target}/release/sync-ingest}
+[ -x "$bin" ] || { echo "no release build at $bin (cargo build --release, or set SYNC_INGEST_BIN)" >&2; exit 1; }
 work=$(mktemp -d)
 id=$RANDOM$RANDOM
 server=${DATABASE_SERVER:-postgres://postgres@127.0.0.1:5432}
@@ -92,6 +93,8 @@ for i in $(seq 1 "$batches"); do post $((i % 4)); done
 callgrind_control -i off "$api" >/dev/null 2>&1
 callgrind_control -d "$api" >/dev/null 2>&1
 
+# CALLGRIND_OUT=FILE keeps the profile, for callgrind_annotate --tree=caller.
+[ -n "${CALLGRIND_OUT:-}" ] && cp "$work/callgrind.out.1" "$CALLGRIND_OUT"
 callgrind_annotate "$work/callgrind.out.1" >"$work/annotated" 2>/dev/null
 total=$(awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}' "$work/annotated")
 echo "api: $total instructions for $batches batches of 1000 pieces = $((total / batches / 1000)) per item"
