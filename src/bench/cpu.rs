@@ -56,8 +56,7 @@ impl MachineTimes {
             .collect::<Option<_>>()?;
         // user nice system idle iowait irq softirq steal; guest time is
         // already counted in user and nice.
-        let [user, nice, system, idle, iowait, irq, softirq, steal] =
-            *ticks.get(..8)?.first_chunk::<8>()?;
+        let [user, nice, system, idle, iowait, irq, softirq, steal] = *ticks.first_chunk()?;
         let kernel = system + irq + softirq;
         Some(MachineTimes {
             busy: user + nice + kernel,
@@ -256,12 +255,8 @@ mod tests {
     #[test]
     fn a_missing_process_is_left_out() {
         let meter = CpuMeter::start([("gone", Some(u32::MAX))]);
-        assert!(!meter.per_item(10).contains_key("gone"));
-        let machine_only = CpuPerItem::from([("machine", 1.0)]);
-        assert_eq!(
-            meter.per_item(10).keys().collect::<Vec<_>>(),
-            machine_only.keys().collect::<Vec<_>>()
-        );
+        let cpu = meter.per_item(10);
+        assert_eq!(cpu.keys().copied().collect::<Vec<_>>(), ["machine"]);
         assert_eq!(describe(&CpuPerItem::new()), "n/a");
     }
 
