@@ -300,7 +300,7 @@ mod tests {
         let meter = CpuMeter::start([("bench", Some(std::process::id()))]);
         let started = std::time::Instant::now();
         let mut x = 0u64;
-        while meter.per_item(1)["bench"] < 50_000.0
+        while meter.per_item(1)["bench"] < 300_000.0
             && started.elapsed() < std::time::Duration::from_secs(20)
         {
             for _ in 0..100_000 {
@@ -308,8 +308,10 @@ mod tests {
             }
         }
         let cpu = meter.per_item(1);
-        // The machine spent at least what this process did.
-        assert!(cpu["machine"] >= cpu["bench"] * 0.9, "{cpu:?}");
+        // The machine spent at least what this process did; the two clocks
+        // are read in 10 ms ticks, sampled apart, so a few ticks may differ.
+        assert!(cpu["bench"] >= 300_000.0, "{cpu:?}");
+        assert!(cpu["machine"] >= cpu["bench"] - 50_000.0, "{cpu:?}");
         let load = meter.load().expect("a Linux machine");
         assert!(load.busy > 0.0 && load.busy <= 1.0, "{load:?}");
         assert!(load.kernel <= load.busy, "{load:?}");
