@@ -232,22 +232,27 @@ pub fn describe(cpu: &CpuPerItem) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn this_process_spends_cpu_when_it_works() {
-        let meter = CpuMeter::start([("bench", Some(std::process::id()))]);
-        assert!(meter.per_item(1)["bench"] < 50_000.0);
-        // Spin until 50 ms of CPU show (however busy the machine is with
-        // other tests), or give up after 20 s of waiting for them to.
+    /// Spins until `meter` shows `us` µs of this process's CPU (however
+    /// busy the machine is with other tests), or 20 s have passed; the
+    /// meter's reading then.
+    fn spin(meter: &CpuMeter, us: f64) -> CpuPerItem {
         let started = std::time::Instant::now();
         let mut x = 0u64;
-        while meter.per_item(1)["bench"] < 50_000.0
+        while meter.per_item(1)["bench"] < us
             && started.elapsed() < std::time::Duration::from_secs(20)
         {
             for _ in 0..100_000 {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
             }
         }
-        let cpu = meter.per_item(1);
+        meter.per_item(1)
+    }
+
+    #[test]
+    fn this_process_spends_cpu_when_it_works() {
+        let meter = CpuMeter::start([("bench", Some(std::process::id()))]);
+        assert!(meter.per_item(1)["bench"] < 50_000.0);
+        let cpu = spin(&meter, 50_000.0);
         assert!(cpu["bench"] >= 50_000.0, "{cpu:?}");
         assert!(describe(&cpu).starts_with("bench "), "{cpu:?}");
     }
@@ -298,16 +303,7 @@ mod tests {
     #[test]
     fn the_machine_shows_this_process_working() {
         let meter = CpuMeter::start([("bench", Some(std::process::id()))]);
-        let started = std::time::Instant::now();
-        let mut x = 0u64;
-        while meter.per_item(1)["bench"] < 300_000.0
-            && started.elapsed() < std::time::Duration::from_secs(20)
-        {
-            for _ in 0..100_000 {
-                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-            }
-        }
-        let cpu = meter.per_item(1);
+        let cpu = spin(&meter, 300_000.0);
         // The machine spent at least what this process did; the two clocks
         // are read in 10 ms ticks, sampled apart, so a few ticks may differ.
         assert!(cpu["bench"] >= 300_000.0, "{cpu:?}");
