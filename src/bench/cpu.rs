@@ -216,6 +216,11 @@ pub async fn broker_quiet(broker: Option<u32>) {
     CpuMeter::start([("broker", broker)]).quiet().await;
 }
 
+/// A phase's CPU per item and its cores' load, for the console.
+pub fn describe_phase(cpu: &CpuPerItem, load: Option<MachineLoad>) -> String {
+    format!("{}; {}", describe(cpu), MachineLoad::describe(load))
+}
+
 /// `api 2.10, broker 1.30, bench 0.20 µs/item`, for the console.
 pub fn describe(cpu: &CpuPerItem) -> String {
     if cpu.is_empty() {

@@ -185,12 +185,11 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
     }
     let broker = broker.expect("at least one raw broker run");
     eprintln!(
-        "bench: raw broker publish  {:>9.0} items/s (best of {}), consume {:.0} items/s; {}; {}",
+        "bench: raw broker publish  {:>9.0} items/s (best of {}), consume {:.0} items/s; {}",
         broker.publish.items_per_sec,
         rates(&raw_publish_runs),
         broker.consume.items_per_sec,
-        cpu::describe(&broker.publish_cpu),
-        MachineLoad::describe(broker.publish_load)
+        cpu::describe_phase(&broker.publish_cpu, broker.publish_load)
     );
 
     // 3. Intake, each run on a stack of its own; then 4. drain the last
@@ -238,10 +237,9 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
     let (_, worker_rss) = stack.peak_rss();
     stack.teardown().await;
     eprintln!(
-        "bench: drain              {:>9.0} items/s; {}; {}",
+        "bench: drain              {:>9.0} items/s; {}",
         drain.items_per_sec,
-        cpu::describe(&drain_cpu),
-        MachineLoad::describe(drain_load)
+        cpu::describe_phase(&drain_cpu, drain_load)
     );
 
     // 5. End to end.
@@ -347,12 +345,11 @@ async fn intake(
     let cpu = meter.settled_per_item(items).await;
     let (api_rss, _) = stack.peak_rss();
     eprintln!(
-        "bench: intake             {:>9.0} items/s (p50 {:.1} ms, p99 {:.1} ms); {}; {}",
+        "bench: intake             {:>9.0} items/s (p50 {:.1} ms, p99 {:.1} ms); {}",
         rate.items_per_sec,
         latency.p50_ms,
         latency.p99_ms,
-        cpu::describe(&cpu),
-        MachineLoad::describe(load)
+        cpu::describe_phase(&cpu, load)
     );
     let run = Intake {
         rate,
@@ -389,11 +386,7 @@ pub fn summary(report: &Report) -> String {
     );
     let cpu = report.cpu_us_per_item.iter().map(|(phase, cpu)| {
         let load = report.cores_busy.get(phase).copied();
-        format!(
-            "\ncpu {phase:<18} {}; {}",
-            cpu::describe(cpu),
-            MachineLoad::describe(load)
-        )
+        format!("\ncpu {phase:<18} {}", cpu::describe_phase(cpu, load))
     });
     figures + &cpu.collect::<String>()
 }
