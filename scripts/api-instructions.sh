@@ -6,7 +6,10 @@
 # of instructions for the same binary and input repeats to a tenth of a
 # percent, so it is what to compare two versions of the api by.
 #
-#   cargo build --release && scripts/api-instructions.sh [BATCHES]
+#   cargo build --release && scripts/api-instructions.sh [BATCHES [PIECES]]
+#
+# PIECES (default 1000) is the size of each batch; two runs with different
+# sizes separate what a request costs from what an item costs.
 #
 # Needs valgrind, curl, python3, and PostgreSQL and RabbitMQ as in the
 # README. Uses its own database and queue prefix and removes them after.
@@ -14,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 batches=${1:-16}
+pieces=${2:-1000}
 bin=${SYNC_INGEST_BIN:-${CARGO_TARGET_DIR:-target}/release/sync-ingest}
 [ -x "$bin" ] || { echo "no release build at $bin (cargo build --release, or set SYNC_INGEST_BIN)" >&2; exit 1; }
 work=$(mktemp -d)
@@ -45,15 +49,15 @@ trap cleanup EXIT
 company=0193a000-0000-7000-8000-000000000001
 token=$("$bin" api-key create --company "$company" --scope sync:write 2>/dev/null)
 
-# Four bodies of 1000 pieces, shaped like the benchmark's.
-python3 - "$work" "$company" <<'EOF'
+# Four bodies of $pieces pieces, shaped like the benchmark's.
+python3 - "$work" "$company" "$pieces" <<'EOF'
 import json, sys, uuid
-work, company = sys.argv[1], sys.argv[2]
+work, company, pieces = sys.argv[1], sys.argv[2], int(sys.argv[3])
 assembly, article = str(uuid.uuid4()), str(uuid.uuid4())
 for b in range(4):
     items = []
-    for i in range(1000):
-        seq = b * 1000 + i + 1
+    for i in range(pieces):
+        seq = b * pieces + i + 1
         items.append({
             "guid": str(uuid.uuid4()), "company_guid": company,
             "assembly_guid": assembly, "article_guid": article,
@@ -97,6 +101,6 @@ callgrind_control -d "$api" >/dev/null 2>&1
 [ -n "${CALLGRIND_OUT:-}" ] && cp "$work/callgrind.out.1" "$CALLGRIND_OUT"
 callgrind_annotate "$work/callgrind.out.1" >"$work/annotated" 2>/dev/null
 total=$(awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}' "$work/annotated")
-echo "api: $total instructions for $batches batches of 1000 pieces = $((total / batches / 1000)) per item"
+echo "api: $total instructions for $batches batches of $pieces pieces = $((total / batches / pieces)) per item, $((total / batches)) per batch"
 echo "most instructions, by function:"
 awk '/file:function/ {on = 1; skip = 1; next} on && skip-- > 0 {next} on && n++ < 12' "$work/annotated" | cut -c1-160
