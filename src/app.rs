@@ -7,7 +7,7 @@ use crate::{
     config::Settings,
     queue::{results, results::JobWaiters, Publisher, Topology},
     retention,
-    store::{self, StoreError},
+    store::{self, JobRecorder, StoreError},
     worker::Worker,
 };
 use sqlx::PgPool;
@@ -108,6 +108,7 @@ impl Service {
         let state = AppState {
             settings: settings.clone(),
             pool: pool.clone(),
+            jobs: JobRecorder::start(pool.clone()),
             publisher: publisher.clone(),
             auth: Authenticator::new(pool.clone(), jwt),
             waiters: JobWaiters::default(),

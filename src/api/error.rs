@@ -1,7 +1,7 @@
 //! `ApiError`: every way a request can fail, and its one rendering as
 //! RFC 9457 problem details.
 
-use crate::domain::FieldError;
+use crate::{domain::FieldError, store::RecordError};
 use axum::{
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
@@ -136,6 +136,22 @@ impl From<sqlx::Error> for ApiError {
             ApiError::DatabaseUnavailable
         } else {
             ApiError::Internal(error.to_string())
+        }
+    }
+}
+
+impl From<RecordError> for ApiError {
+    fn from(error: RecordError) -> Self {
+        match error {
+            RecordError::Database(error) => {
+                if crate::store::is_transient(&error) {
+                    tracing::warn!(%error, "database unavailable");
+                    ApiError::DatabaseUnavailable
+                } else {
+                    ApiError::Internal(error.to_string())
+                }
+            }
+            RecordError::Stopped => ApiError::Internal(error.to_string()),
         }
     }
 }

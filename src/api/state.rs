@@ -2,7 +2,7 @@
 
 use crate::{
     auth::Authenticator, backlog::Backlog, config::Settings, queue::results::JobWaiters,
-    queue::Publisher,
+    queue::Publisher, store::JobRecorder,
 };
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -12,6 +12,8 @@ use std::sync::Arc;
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub pool: PgPool,
+    /// Records the jobs of accepted submissions, several at a time.
+    pub jobs: JobRecorder,
     pub publisher: Arc<Publisher>,
     pub auth: Authenticator,
     /// Requests waiting for their job (`Prefer: wait`).

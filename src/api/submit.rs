@@ -10,7 +10,7 @@ use crate::{
     queue::{results::Waiter, BatchMessage, ForwardedMessage, PublishError},
     store::{
         idempotency::{self, Recorded},
-        jobs, Job, NewJob,
+        jobs, Job, JobStatus, NewJob,
     },
     telemetry::{metrics as m, trace::TraceContext},
 };
@@ -339,7 +339,7 @@ async fn submit_new(
     };
     let Manifest { guids, .. } = manifest;
     let job = if guids.is_empty() {
-        jobs::insert_empty_succeeded(&state.pool, &new_job).await?
+        state.jobs.record(new_job, JobStatus::Succeeded).await?
     } else {
         // The message is built first, and the request body (or typed
         // batch) dropped: through the job insert and the confirm, only the
@@ -350,10 +350,10 @@ async fn submit_new(
                 BatchMessage::new(correlation_id, owner, dry_run, batch).to_json()
             }
         };
-        let job = jobs::insert_queued(&state.pool, &new_job).await?;
+        let job = state.jobs.record(new_job, JobStatus::Queued).await?;
         publish(state, job, shard, body, trace.child()).await?
     };
-    let entity = new_job.entity.as_str();
+    let entity = job.entity.0.as_str();
     metrics::counter!(m::JOBS_SUBMITTED, "entity" => entity).increment(1);
     metrics::counter!(m::ITEMS_SUBMITTED, "entity" => entity).increment(guids.len() as u64);
     Ok(Accepted { job, guids })

@@ -151,38 +151,54 @@ pub struct NewJob {
 const COLUMNS: &str = "correlation_id, company_guid, entity, status, item_count, inserted, \
      updated, unchanged, error, attempts, dry_run, shard, submitted_at, started_at, completed_at";
 
-/// Records a job waiting in the queue.
-#[tracing::instrument(skip_all, fields(correlation_id = %job.correlation_id))]
-pub async fn insert_queued(pool: &PgPool, job: &NewJob) -> Result<Job, sqlx::Error> {
-    insert(pool, job, JobStatus::Queued).await
-}
-
-/// Records an empty batch's job, finished at once with nothing applied.
-pub async fn insert_empty_succeeded(pool: &PgPool, job: &NewJob) -> Result<Job, sqlx::Error> {
-    insert(pool, job, JobStatus::Succeeded).await
-}
-
-async fn insert(pool: &PgPool, job: &NewJob, status: JobStatus) -> Result<Job, sqlx::Error> {
-    let finished = status.is_finished();
-    sqlx::query_as(&format!(
+/// Records jobs, several in one statement: each with the status it starts
+/// in — `Queued`, or `Succeeded` for an empty batch, finished at once with
+/// nothing applied. Returns the rows in the order of `jobs`.
+pub async fn insert_all(
+    pool: &PgPool,
+    jobs: &[(NewJob, JobStatus)],
+) -> Result<Vec<Job>, sqlx::Error> {
+    fn column<'a, T>(
+        jobs: &'a [(NewJob, JobStatus)],
+        f: impl Fn(&'a (NewJob, JobStatus)) -> T,
+    ) -> Vec<T> {
+        jobs.iter().map(f).collect()
+    }
+    let ids = column(jobs, |(job, _)| job.correlation_id);
+    let rows: Vec<Job> = sqlx::query_as(&format!(
         "INSERT INTO sync_jobs (correlation_id, company_guid, entity, status, item_count, \
              dry_run, shard, submitted_by, inserted, updated, unchanged, started_at, completed_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
-             CASE WHEN $9 THEN 0 END, CASE WHEN $9 THEN 0 END, CASE WHEN $9 THEN 0 END, \
-             CASE WHEN $9 THEN now() END, CASE WHEN $9 THEN now() END) \
+         SELECT id, company, entity, status, item_count, dry_run, shard, submitted_by, \
+             CASE WHEN finished THEN 0 END, CASE WHEN finished THEN 0 END, \
+             CASE WHEN finished THEN 0 END, CASE WHEN finished THEN now() END, \
+             CASE WHEN finished THEN now() END \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], $6::bool[], \
+             $7::int4[], $8::text[], $9::bool[]) \
+             AS new (id, company, entity, status, item_count, dry_run, shard, submitted_by, finished) \
          RETURNING {COLUMNS}"
     ))
-    .bind(job.correlation_id)
-    .bind(job.company_guid)
-    .bind(job.entity.as_str())
-    .bind(status)
-    .bind(job.item_count)
-    .bind(job.dry_run)
-    .bind(job.shard)
-    .bind(&job.submitted_by)
-    .bind(finished)
-    .fetch_one(pool)
-    .await
+    .bind(&ids)
+    .bind(column(jobs, |(job, _)| job.company_guid))
+    .bind(column(jobs, |(job, _)| job.entity.as_str()))
+    .bind(column(jobs, |(_, status)| status.as_str()))
+    .bind(column(jobs, |(job, _)| job.item_count))
+    .bind(column(jobs, |(job, _)| job.dry_run))
+    .bind(column(jobs, |(job, _)| job.shard))
+    .bind(column(jobs, |(job, _)| job.submitted_by.as_str()))
+    .bind(column(jobs, |(_, status)| status.is_finished()))
+    .fetch_all(pool)
+    .await?;
+    // RETURNING gives no order: put the rows back in the callers'.
+    let mut rows: std::collections::HashMap<Uuid, Job> = rows
+        .into_iter()
+        .map(|job| (job.correlation_id, job))
+        .collect();
+    ids.iter()
+        .map(|id| {
+            // Every row inserted is returned: a missing one is a bug.
+            rows.remove(id).ok_or(sqlx::Error::RowNotFound)
+        })
+        .collect()
 }
 
 /// Removes a job the broker never confirmed. Only a still-queued job is

@@ -4,9 +4,11 @@ pub mod api_keys;
 mod entities;
 pub mod idempotency;
 pub mod jobs;
+mod recorder;
 
 pub use entities::{find_foreign_references, upsert_batch, UpsertOutcome};
 pub use jobs::{Job, JobError, JobStatus, NewJob};
+pub use recorder::{JobRecorder, RecordError};
 
 use sqlx::{
     migrate::MigrateError,

@@ -8,6 +8,7 @@ mod auth;
 mod contract;
 mod entities;
 mod push;
+mod recorder;
 mod smoke;
 mod submit;
 mod tenancy;
