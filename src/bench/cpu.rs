@@ -21,14 +21,73 @@ const TICKS_PER_SEC: f64 = 100.0;
 /// The process that runs RabbitMQ when the broker is on this machine.
 const BROKER_COMMAND: &str = "beam.smp";
 
+/// A process's `/proc/PID/stat` fields after the command name (which may
+/// hold spaces): index 0 is the state, 1 the parent's pid, 11–14 utime,
+/// stime, cutime and cstime.
+fn stat_fields(pid: u32) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_command = stat.rsplit_once(')')?.1;
+    // The state is a letter: read as 0, it is never used.
+    Some(
+        after_command
+            .split_whitespace()
+            .map(|field| field.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
 /// Total user + system CPU seconds of a process, all threads included.
 fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces; fields count from its end.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / TICKS_PER_SEC)
+    let fields = stat_fields(pid)?;
+    Some((fields.get(11)? + fields.get(12)?) as f64 / TICKS_PER_SEC)
+}
+
+/// CPU seconds of a server that forks a process per connection, as
+/// PostgreSQL does: the parent's own, its exited children's (added to its
+/// `cutime`/`cstime` when it reaps them) and its running children's. A
+/// child's time moves from the last to the second when it exits, so the sum
+/// only grows by work done.
+fn family_seconds(parent: u32) -> Option<f64> {
+    let own = stat_fields(parent)?;
+    let reaped: u64 = own.get(11..15)?.iter().sum();
+    let running: u64 = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(stat_fields)
+        .filter(|fields| fields.get(1) == Some(&u64::from(parent)))
+        .filter_map(|fields| Some(fields.get(11)? + fields.get(12)?))
+        .sum();
+    Some((reaped + running) as f64 / TICKS_PER_SEC)
+}
+
+/// Where a role's CPU time is read.
+#[derive(Debug, Clone, Copy)]
+pub enum Source {
+    /// One process, all its threads.
+    Process(u32),
+    /// A parent and every process it forks (see [`family_seconds`]).
+    Family(u32),
+}
+
+impl Source {
+    fn seconds(self) -> Option<f64> {
+        match self {
+            Source::Process(pid) => cpu_seconds(pid),
+            Source::Family(parent) => family_seconds(parent),
+        }
+    }
+}
+
+/// The PostgreSQL server behind `pool`, when it runs on this machine: the
+/// parent of the backend serving this connection.
+pub async fn postgres(pool: &sqlx::PgPool) -> Option<Source> {
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(pool)
+        .await
+        .ok()?;
+    let parent = *stat_fields(u32::try_from(backend).ok()?)?.get(1)?;
+    Some(Source::Family(u32::try_from(parent).ok()?))
 }
 
 /// CPU clock ticks of the whole machine, all cores together, from the
@@ -121,7 +180,7 @@ pub type CpuPerItem = BTreeMap<&'static str, f64>;
 
 /// CPU clocks of a few processes and of the machine, started at one moment.
 pub struct CpuMeter {
-    start: Vec<(&'static str, u32, f64)>,
+    start: Vec<(&'static str, Source, f64)>,
     machine: Option<MachineTimes>,
 }
 
@@ -132,8 +191,8 @@ impl CpuMeter {
         let start = processes
             .into_iter()
             .filter_map(|(role, pid)| {
-                let pid = pid?;
-                Some((role, pid, cpu_seconds(pid)?))
+                let source = Source::Process(pid?);
+                Some((role, source, source.seconds()?))
             })
             .collect();
         CpuMeter {
@@ -150,6 +209,13 @@ impl CpuMeter {
     /// Adds a process to count from now.
     pub fn with(mut self, role: &'static str, pid: Option<u32>) -> Self {
         self.start.extend(CpuMeter::start([(role, pid)]).start);
+        self
+    }
+
+    /// Adds the local PostgreSQL server (every backend) to count from now.
+    pub fn with_postgres(mut self, server: Option<Source>) -> Self {
+        let start = server.and_then(|server| Some(("postgres", server, server.seconds()?)));
+        self.start.extend(start);
         self
     }
 
@@ -179,7 +245,7 @@ impl CpuMeter {
     fn total(&self) -> f64 {
         self.start
             .iter()
-            .filter_map(|&(_, pid, _)| cpu_seconds(pid))
+            .filter_map(|&(_, source, _)| source.seconds())
             .sum()
     }
 
@@ -199,8 +265,8 @@ impl CpuMeter {
         });
         self.start
             .iter()
-            .filter_map(|&(role, pid, start)| {
-                let spent = cpu_seconds(pid)? - start;
+            .filter_map(|&(role, source, start)| {
+                let spent = source.seconds()? - start;
                 Some((role, spent * 1e6 / items))
             })
             .chain(machine)
@@ -260,6 +326,39 @@ mod tests {
         let cpu = spin(&meter, 50_000.0);
         assert!(cpu["bench"] >= 50_000.0, "{cpu:?}");
         assert!(describe(&cpu).starts_with("bench "), "{cpu:?}");
+    }
+
+    /// The state letter of a process (`Z` once it has exited, unreaped).
+    fn state(pid: u32) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.trim_start().chars().next()
+    }
+
+    #[test]
+    fn a_family_counts_its_children_running_and_exited() {
+        let me = std::process::id();
+        let family = Source::Family(me);
+        let own = Source::Process(me);
+        let before = (family.seconds().unwrap(), own.seconds().unwrap());
+        // A child that works for about half a second of CPU.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done"])
+            .spawn()
+            .expect("sh runs");
+        let pid = child.id();
+        while state(pid).is_some_and(|s| s != 'Z') {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Exited, not yet reaped: still read as a running child.
+        let spent = cpu_seconds(pid).unwrap();
+        assert!(spent >= 0.05, "the child worked {spent} s");
+        let gained = |now: (f64, f64)| (now.0 - before.0) - (now.1 - before.1);
+        let unreaped = gained((family.seconds().unwrap(), own.seconds().unwrap()));
+        assert!(unreaped >= spent - 0.011, "{unreaped} < {spent}");
+        // Reaped: its time has moved to this process's children's.
+        child.wait().expect("reaped");
+        let reaped = gained((family.seconds().unwrap(), own.seconds().unwrap()));
+        assert!(reaped >= spent - 0.011, "{reaped} < {spent}");
     }
 
     #[test]

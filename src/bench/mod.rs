@@ -229,7 +229,8 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
     } = best_intake;
     let drain_started = Instant::now();
     stack.start_worker()?;
-    let meter = CpuMeter::start([("broker", broker_pid), ("worker", stack.worker_pid())]);
+    let meter = CpuMeter::start([("broker", broker_pid), ("worker", stack.worker_pid())])
+        .with_postgres(cpu::postgres(&stack.pool).await);
     stack.wait_drained(Duration::from_secs(900)).await?;
     let drain = Rate::new(items, drain_started.elapsed());
     let drain_load = meter.load();
@@ -249,7 +250,8 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
     let requests = stack.requests(&loads).await?;
     let meter = CpuMeter::bench_and_broker(broker_pid)
         .with("api", stack.api_pid())
-        .with("worker", stack.worker_pid());
+        .with("worker", stack.worker_pid())
+        .with_postgres(cpu::postgres(&stack.pool).await);
     let started = Instant::now();
     stack.submit(requests, args.concurrency).await?;
     stack.wait_drained(Duration::from_secs(900)).await?;
