@@ -129,6 +129,9 @@ fn mb(bytes: Option<u64>) -> Option<f64> {
 /// varies as much and is compared with it, so it gets the same treatment.
 const RAW_BROKER_RUNS: usize = 3;
 const INTAKE_RUNS: usize = RAW_BROKER_RUNS;
+/// Rounds of empty submissions before each intake run (see
+/// [`service::Stack::warm_up`]).
+const WARM_UP_ROUNDS: usize = 4;
 
 /// Runs every phase and writes the report.
 pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> {
@@ -340,8 +343,13 @@ async fn intake(
     let mut stack = service::Stack::new(base, "intake").await?;
     stack.start_api().await?;
     let requests = stack.requests(loads).await?;
+    stack
+        .warm_up(&requests, concurrency, WARM_UP_ROUNDS)
+        .await?;
     cpu::broker_quiet(broker_pid).await;
-    let meter = CpuMeter::bench_and_broker(broker_pid).with("api", stack.api_pid());
+    let meter = CpuMeter::bench_and_broker(broker_pid)
+        .with("api", stack.api_pid())
+        .with_postgres(cpu::postgres(&stack.pool).await);
     let (rate, latency) = stack.submit(requests, concurrency).await?;
     let load = meter.load();
     let cpu = meter.settled_per_item(items).await;

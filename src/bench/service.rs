@@ -161,6 +161,29 @@ impl Stack {
         Ok(work)
     }
 
+    /// Brings a fresh api to the state it is in after serving a while, so
+    /// that intake measures its steady capacity rather than its first
+    /// moments: `rounds` × `concurrency` empty batches, which open every
+    /// pooled database connection and every client connection and run the
+    /// submission's statements on them once, and queue nothing.
+    pub async fn warm_up(
+        &self,
+        requests: &[Request],
+        concurrency: usize,
+        rounds: usize,
+    ) -> Result<(), BenchError> {
+        let mut tokens: Vec<&String> = requests.iter().map(|(token, _, _)| token).collect();
+        tokens.sort();
+        tokens.dedup();
+        let empty = tokens
+            .iter()
+            .cycle()
+            .take(concurrency * rounds)
+            .map(|token| ((*token).clone(), 0, b"[]".to_vec()))
+            .collect();
+        self.submit(empty, concurrency).await.map(|_| ())
+    }
+
     /// POSTs every request, `concurrency` at a time (each tenant's batches
     /// in order), and returns the accepted rate and the request latencies.
     pub async fn submit(
