@@ -20,7 +20,7 @@ mod stats;
 use crate::config::Settings;
 use cpu::{CpuMeter, CpuPerItem, MachineLoad};
 use serde::Serialize;
-use stats::{Latency, Rate};
+use stats::{Latency, Rate, Totals};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -98,6 +98,8 @@ pub struct Report {
     /// Every intake run's items/s; `intake` is the best.
     pub intake_runs: Vec<f64>,
     pub intake_latency: Latency,
+    /// The best intake run's time in the api and confirm wait (means).
+    pub intake_server_time: Option<ServerTime>,
     pub api_peak_rss_mb: Option<f64>,
     pub drain: Rate,
     pub worker_peak_rss_mb: Option<f64>,
@@ -226,6 +228,7 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
     let Intake {
         rate: intake,
         latency: intake_latency,
+        time: intake_server_time,
         cpu: intake_cpu,
         load: intake_load,
         ..
@@ -289,6 +292,7 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
         intake,
         intake_runs,
         intake_latency,
+        intake_server_time,
         api_peak_rss_mb: mb(api_rss),
         drain,
         worker_peak_rss_mb: mb(worker_rss),
@@ -322,10 +326,57 @@ fn rates(runs: &[f64]) -> String {
     rates.join(", ")
 }
 
+/// Where a submission's time went, by the api's own metrics: the mean time
+/// it spent answering one, and the mean wait for the broker's confirm
+/// within that. When the broker's confirms bound both intake and the raw
+/// publish, intake's ratio to the raw publish is about their quotient.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ServerTime {
+    pub request_ms: f64,
+    pub confirm_ms: f64,
+}
+
+impl ServerTime {
+    /// The figures of the submissions answered between two scrapes.
+    fn between(before: &str, after: &str) -> Option<ServerTime> {
+        let request = |text| {
+            Totals::read(
+                text,
+                crate::telemetry::metrics::HTTP_DURATION,
+                &[("method", "POST"), ("route", "/api/v1/sync/{entity}")],
+            )
+        };
+        let confirm = |text| {
+            Totals::read(
+                text,
+                crate::telemetry::metrics::PUBLISH_CONFIRM,
+                &[("outcome", "ack")],
+            )
+        };
+        Some(ServerTime {
+            request_ms: request(after).mean_ms_since(request(before))?,
+            confirm_ms: confirm(after).mean_ms_since(confirm(before))?,
+        })
+    }
+
+    fn describe(time: Option<ServerTime>) -> String {
+        time.map_or_else(
+            || "api time n/a".into(),
+            |t| {
+                format!(
+                    "in the api {:.0} ms, of which confirm {:.0} ms",
+                    t.request_ms, t.confirm_ms
+                )
+            },
+        )
+    }
+}
+
 /// One intake run's figures.
 struct Intake {
     rate: Rate,
     latency: Latency,
+    time: Option<ServerTime>,
     cpu: CpuPerItem,
     load: Option<MachineLoad>,
     api_rss: Option<u64>,
@@ -350,20 +401,24 @@ async fn intake(
     let meter = CpuMeter::bench_and_broker(broker_pid)
         .with("api", stack.api_pid())
         .with_postgres(cpu::postgres(&stack.pool).await);
+    let before = stack.api_metrics().await?;
     let (rate, latency) = stack.submit(requests, concurrency).await?;
     let load = meter.load();
+    let time = ServerTime::between(&before, &stack.api_metrics().await?);
     let cpu = meter.settled_per_item(items).await;
     let (api_rss, _) = stack.peak_rss();
     eprintln!(
-        "bench: intake             {:>9.0} items/s (p50 {:.1} ms, p99 {:.1} ms); {}",
+        "bench: intake             {:>9.0} items/s (p50 {:.1} ms, p99 {:.1} ms; {}); {}",
         rate.items_per_sec,
         latency.p50_ms,
         latency.p99_ms,
+        ServerTime::describe(time),
         cpu::describe_phase(&cpu, load)
     );
     let run = Intake {
         rate,
         latency,
+        time,
         cpu,
         load,
         api_rss,

@@ -24,7 +24,8 @@ pub struct Stack {
     settings: Settings,
     database: String,
     pub pool: PgPool,
-    api: Option<(Child, u16)>,
+    /// The api's process, HTTP port and ops port.
+    api: Option<(Child, u16, u16)>,
     workers: Vec<Child>,
 }
 
@@ -62,7 +63,12 @@ impl Stack {
         })
     }
 
-    fn spawn(&self, role: &str, http_port: Option<u16>) -> Result<Child, BenchError> {
+    fn spawn(
+        &self,
+        role: &str,
+        http_port: Option<u16>,
+        ops_port: u16,
+    ) -> Result<Child, BenchError> {
         let exe = std::env::current_exe()?;
         let mut command = Command::new(exe);
         command
@@ -71,7 +77,7 @@ impl Stack {
             .env("AMQP_URL", &self.settings.amqp_url)
             .env("SYNC_QUEUE_PREFIX", &self.settings.queue_prefix)
             .env("SYNC_SHARDS", self.settings.shards.to_string())
-            .env("SYNC_OPS_ADDR", format!("127.0.0.1:{}", free_port()?))
+            .env("SYNC_OPS_ADDR", format!("127.0.0.1:{ops_port}"))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -84,8 +90,8 @@ impl Stack {
 
     /// Starts the api and waits until it is ready.
     pub async fn start_api(&mut self) -> Result<(), BenchError> {
-        let port = free_port()?;
-        self.api = Some((self.spawn("api", Some(port))?, port));
+        let (port, ops_port) = (free_port()?, free_port()?);
+        self.api = Some((self.spawn("api", Some(port), ops_port)?, port, ops_port));
         let client = reqwest::Client::new();
         for _ in 0..200 {
             let ready = client
@@ -103,14 +109,24 @@ impl Stack {
 
     /// Starts one worker process (it consumes every shard).
     pub fn start_worker(&mut self) -> Result<(), BenchError> {
-        let worker = self.spawn("worker", None)?;
+        let worker = self.spawn("worker", None, free_port()?)?;
         self.workers.push(worker);
         Ok(())
     }
 
     /// The api's process id.
     pub fn api_pid(&self) -> Option<u32> {
-        self.api.as_ref().map(|(c, _)| c.id())
+        self.api.as_ref().map(|(c, _, _)| c.id())
+    }
+
+    /// The api's metrics, as Prometheus scrapes them.
+    pub async fn api_metrics(&self) -> Result<String, BenchError> {
+        let (_, _, ops_port) = self
+            .api
+            .as_ref()
+            .ok_or_else(|| BenchError::Service("no api".into()))?;
+        let url = format!("http://127.0.0.1:{ops_port}/metrics");
+        Ok(reqwest::get(url).await?.error_for_status()?.text().await?)
     }
 
     /// The first worker's process id.
@@ -127,7 +143,7 @@ impl Stack {
     }
 
     fn base_url(&self) -> Result<String, BenchError> {
-        let (_, port) = self
+        let (_, port, _) = self
             .api
             .as_ref()
             .ok_or_else(|| BenchError::Service("no api".into()))?;
@@ -286,7 +302,7 @@ impl Stack {
 
     /// Stops the processes and removes the database and queues.
     pub async fn teardown(mut self) {
-        if let Some((mut api, _)) = self.api.take() {
+        if let Some((mut api, _, _)) = self.api.take() {
             let _ = api.kill();
             let _ = api.wait();
         }
@@ -318,7 +334,7 @@ pub async fn drop_database(url: &str, database: &str) {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        if let Some((api, _)) = &mut self.api {
+        if let Some((api, _, _)) = &mut self.api {
             let _ = api.kill();
         }
         for worker in &mut self.workers {

@@ -49,3 +49,117 @@ impl Latency {
         }
     }
 }
+
+/// A Prometheus histogram's running totals, summed over the series whose
+/// labels include all of those asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Totals {
+    pub sum: f64,
+    pub count: f64,
+}
+
+impl Totals {
+    /// Reads `name`'s `_sum` and `_count` from a text exposition.
+    pub fn read(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Totals {
+        let mut totals = Totals::default();
+        for line in exposition.lines() {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let (metric, series_labels) = series.split_once('{').unwrap_or((series, ""));
+            let matches = labels
+                .iter()
+                .all(|(key, wanted)| series_labels.contains(&format!("{key}=\"{wanted}\"")));
+            if !matches {
+                continue;
+            }
+            match metric.strip_prefix(name) {
+                Some("_sum") => totals.sum += value,
+                Some("_count") => totals.count += value,
+                _ => {}
+            }
+        }
+        totals
+    }
+
+    /// The mean, in milliseconds, of what was recorded since `earlier`.
+    pub fn mean_ms_since(&self, earlier: Totals) -> Option<f64> {
+        let count = self.count - earlier.count;
+        (count > 0.0).then(|| (self.sum - earlier.sum) / count * 1e3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXPOSITION: &str = "\
+# TYPE sync_publish_confirm_seconds summary
+sync_publish_confirm_seconds{outcome=\"ack\",quantile=\"0.5\"} 0.09
+sync_publish_confirm_seconds_sum{outcome=\"ack\"} 12.5
+sync_publish_confirm_seconds_count{outcome=\"ack\"} 100
+sync_publish_confirm_seconds_sum{outcome=\"timeout\"} 30
+sync_publish_confirm_seconds_count{outcome=\"timeout\"} 3
+sync_http_request_duration_seconds_sum{method=\"POST\",route=\"/api/v1/sync/{entity}\"} 4
+sync_http_request_duration_seconds_count{method=\"POST\",route=\"/api/v1/sync/{entity}\"} 20
+sync_http_request_duration_seconds_sum{method=\"GET\",route=\"/healthz\"} 1
+sync_http_request_duration_seconds_count{method=\"GET\",route=\"/healthz\"} 50
+";
+
+    #[test]
+    fn histogram_totals_are_read_for_the_labels_asked() {
+        let ack = Totals::read(
+            EXPOSITION,
+            "sync_publish_confirm_seconds",
+            &[("outcome", "ack")],
+        );
+        assert_eq!(
+            ack,
+            Totals {
+                sum: 12.5,
+                count: 100.0
+            }
+        );
+        let all = Totals::read(EXPOSITION, "sync_publish_confirm_seconds", &[]);
+        assert_eq!(
+            all,
+            Totals {
+                sum: 42.5,
+                count: 103.0
+            }
+        );
+        let posts = Totals::read(
+            EXPOSITION,
+            "sync_http_request_duration_seconds",
+            &[("method", "POST")],
+        );
+        assert_eq!(
+            posts,
+            Totals {
+                sum: 4.0,
+                count: 20.0
+            }
+        );
+        assert_eq!(
+            Totals::read(EXPOSITION, "sync_other", &[]),
+            Totals::default()
+        );
+    }
+
+    #[test]
+    fn the_mean_counts_only_what_came_after() {
+        let earlier = Totals {
+            sum: 2.0,
+            count: 10.0,
+        };
+        let later = Totals {
+            sum: 5.0,
+            count: 40.0,
+        };
+        assert_eq!(later.mean_ms_since(earlier), Some(100.0));
+        assert_eq!(earlier.mean_ms_since(earlier), None);
+    }
+}
