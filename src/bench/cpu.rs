@@ -36,10 +36,14 @@ fn stat_fields(pid: u32) -> Option<Vec<u64>> {
     )
 }
 
+/// User + system ticks from a process's [`stat_fields`].
+fn own_ticks(fields: &[u64]) -> Option<u64> {
+    Some(fields.get(11)? + fields.get(12)?)
+}
+
 /// Total user + system CPU seconds of a process, all threads included.
 fn cpu_seconds(pid: u32) -> Option<f64> {
-    let fields = stat_fields(pid)?;
-    Some((fields.get(11)? + fields.get(12)?) as f64 / TICKS_PER_SEC)
+    Some(own_ticks(&stat_fields(pid)?)? as f64 / TICKS_PER_SEC)
 }
 
 /// CPU seconds of a server that forks a process per connection, as
@@ -56,7 +60,7 @@ fn family_seconds(parent: u32) -> Option<f64> {
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(stat_fields)
         .filter(|fields| fields.get(1) == Some(&u64::from(parent)))
-        .filter_map(|fields| Some(fields.get(11)? + fields.get(12)?))
+        .filter_map(|fields| own_ticks(&fields))
         .sum();
     Some((reaped + running) as f64 / TICKS_PER_SEC)
 }

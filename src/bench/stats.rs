@@ -96,6 +96,10 @@ impl Totals {
 mod tests {
     use super::*;
 
+    fn totals(sum: f64, count: f64) -> Totals {
+        Totals { sum, count }
+    }
+
     const EXPOSITION: &str = "\
 # TYPE sync_publish_confirm_seconds summary
 sync_publish_confirm_seconds{outcome=\"ack\",quantile=\"0.5\"} 0.09
@@ -116,33 +120,15 @@ sync_http_request_duration_seconds_count{method=\"GET\",route=\"/healthz\"} 50
             "sync_publish_confirm_seconds",
             &[("outcome", "ack")],
         );
-        assert_eq!(
-            ack,
-            Totals {
-                sum: 12.5,
-                count: 100.0
-            }
-        );
+        assert_eq!(ack, totals(12.5, 100.0));
         let all = Totals::read(EXPOSITION, "sync_publish_confirm_seconds", &[]);
-        assert_eq!(
-            all,
-            Totals {
-                sum: 42.5,
-                count: 103.0
-            }
-        );
+        assert_eq!(all, totals(42.5, 103.0));
         let posts = Totals::read(
             EXPOSITION,
             "sync_http_request_duration_seconds",
             &[("method", "POST")],
         );
-        assert_eq!(
-            posts,
-            Totals {
-                sum: 4.0,
-                count: 20.0
-            }
-        );
+        assert_eq!(posts, totals(4.0, 20.0));
         assert_eq!(
             Totals::read(EXPOSITION, "sync_other", &[]),
             Totals::default()
@@ -151,14 +137,8 @@ sync_http_request_duration_seconds_count{method=\"GET\",route=\"/healthz\"} 50
 
     #[test]
     fn the_mean_counts_only_what_came_after() {
-        let earlier = Totals {
-            sum: 2.0,
-            count: 10.0,
-        };
-        let later = Totals {
-            sum: 5.0,
-            count: 40.0,
-        };
+        let earlier = totals(2.0, 10.0);
+        let later = totals(5.0, 40.0);
         assert_eq!(later.mean_ms_since(earlier), Some(100.0));
         assert_eq!(earlier.mean_ms_since(earlier), None);
     }
