@@ -154,6 +154,7 @@ const COLUMNS: &str = "correlation_id, company_guid, entity, status, item_count,
 /// Records jobs, several in one statement: each with the status it starts
 /// in — `Queued`, or `Succeeded` for an empty batch, finished at once with
 /// nothing applied. Returns the rows in the order of `jobs`.
+#[tracing::instrument(skip_all, fields(jobs = jobs.len()))]
 pub async fn insert_all(
     pool: &PgPool,
     jobs: &[(NewJob, JobStatus)],
