@@ -6,14 +6,17 @@
 //!    connections;
 //! 2. raw broker: the same message bodies published with pipelined confirms
 //!    to a quorum queue, then consumed;
-//! 3. intake: concurrent POSTs to a real `sync-ingest api` with no worker
-//!    (best of three runs, like the raw publish);
-//! 4. drain: a `sync-ingest worker` applying that backlog;
-//! 5. end to end: api and worker together under sustained load.
+//! 3. relay: the same message bodies POSTed to a relay that only reads and
+//!    publishes them (what HTTP in front of the broker costs by itself);
+//! 4. intake: concurrent POSTs to a real `sync-ingest api` with no worker
+//!    (best of three runs, like the raw publish and the relay);
+//! 5. drain: a `sync-ingest worker` applying that backlog;
+//! 6. end to end: api and worker together under sustained load.
 
 mod cpu;
 pub(crate) mod data;
 mod raw;
+mod relay;
 mod service;
 mod stats;
 
@@ -49,6 +52,10 @@ pub struct BenchArgs {
     /// Unconfirmed publishes in flight in the raw broker baseline.
     #[arg(long, default_value_t = 64)]
     pub publish_window: usize,
+    /// Channels the raw broker baseline takes turns on (default: as many
+    /// as the api publishes on).
+    #[arg(long, default_value_t = crate::queue::publisher::CHANNELS)]
+    pub publish_channels: usize,
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-report.json")]
     pub report: std::path::PathBuf,
@@ -89,11 +96,19 @@ pub struct Report {
     pub update_ratio: f64,
     pub shards: u16,
     pub approx_item_bytes: usize,
+    /// The raw publish's channels and confirms in flight.
+    pub publish_channels: usize,
+    pub publish_window: usize,
     pub raw_db_upsert: Rate,
     pub raw_broker_publish: Rate,
     /// Every raw publish run's items/s; `raw_broker_publish` is the best.
     pub raw_broker_publish_runs: Vec<f64>,
     pub raw_broker_consume: Rate,
+    /// The same messages POSTed through a relay that only publishes them.
+    pub relay: Rate,
+    /// Every relay run's items/s; `relay` is the best.
+    pub relay_runs: Vec<f64>,
+    pub relay_latency: Latency,
     pub intake: Rate,
     /// Every intake run's items/s; `intake` is the best.
     pub intake_runs: Vec<f64>,
@@ -117,6 +132,10 @@ pub struct Report {
 #[derive(Debug, Serialize)]
 pub struct Ratios {
     pub intake_vs_broker_publish: f64,
+    /// What HTTP in front of the broker leaves of its limit, by itself.
+    pub relay_vs_broker_publish: f64,
+    /// Intake against the least any api could do: the api's own share.
+    pub intake_vs_relay: f64,
     pub drain_vs_db_upsert: f64,
     pub end_to_end_vs_db_upsert: f64,
 }
@@ -131,6 +150,7 @@ fn mb(bytes: Option<u64>) -> Option<f64> {
 /// varies as much and is compared with it, so it gets the same treatment.
 const RAW_BROKER_RUNS: usize = 3;
 const INTAKE_RUNS: usize = RAW_BROKER_RUNS;
+const RELAY_RUNS: usize = RAW_BROKER_RUNS;
 /// Rounds of empty submissions before each intake run (see
 /// [`service::Stack::warm_up`]).
 const WARM_UP_ROUNDS: usize = 4;
@@ -178,7 +198,7 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
             &base.amqp_url,
             &topology,
             &messages,
-            args.publish_window,
+            (args.publish_channels, args.publish_window),
             broker_pid,
         )
         .await?;
@@ -197,7 +217,28 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
         cpu::describe_phase(&broker.publish_cpu, broker.publish_load)
     );
 
-    // 3. Intake, each run on a stack of its own; then 4. drain the last
+    // 3. Relay, the raw publish's messages through HTTP and nothing else.
+    let mut relay: Option<relay::RelayRun> = None;
+    let mut relay_runs = Vec::new();
+    for _ in 0..RELAY_RUNS {
+        let run = relay::run(&base, &messages, args.concurrency, broker_pid).await?;
+        eprintln!(
+            "bench: relay              {:>9.0} items/s (p50 {:.1} ms, p99 {:.1} ms); {}",
+            run.rate.items_per_sec,
+            run.latency.p50_ms,
+            run.latency.p99_ms,
+            cpu::describe_phase(&run.cpu, run.load)
+        );
+        relay_runs.push(run.rate.items_per_sec);
+        relay = match relay {
+            Some(kept) if kept.rate.items_per_sec >= run.rate.items_per_sec => Some(kept),
+            _ => Some(run),
+        };
+    }
+    let relay = relay.expect("at least one relay run");
+    drop(messages);
+
+    // 4. Intake, each run on a stack of its own; then 5. drain the last
     // run's backlog. Each run starts on an empty broker, as the raw publish
     // runs do: an earlier run's backlog is removed before the next starts.
     let mut last: Option<service::Stack> = None;
@@ -249,7 +290,7 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
         cpu::describe_phase(&drain_cpu, drain_load)
     );
 
-    // 5. End to end.
+    // 6. End to end.
     let mut stack = service::Stack::new(&base, "e2e").await?;
     stack.start_api().await?;
     stack.start_worker()?;
@@ -275,6 +316,8 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
 
     let ratios = Ratios {
         intake_vs_broker_publish: intake.items_per_sec / broker.publish.items_per_sec,
+        relay_vs_broker_publish: relay.rate.items_per_sec / broker.publish.items_per_sec,
+        intake_vs_relay: intake.items_per_sec / relay.rate.items_per_sec,
         drain_vs_db_upsert: drain.items_per_sec / raw_db.items_per_sec,
         end_to_end_vs_db_upsert: end_to_end.items_per_sec / raw_db.items_per_sec,
     };
@@ -285,10 +328,15 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
         update_ratio: args.update_ratio,
         shards: base.shards,
         approx_item_bytes: sample_bytes,
+        publish_channels: args.publish_channels,
+        publish_window: args.publish_window,
         raw_db_upsert: raw_db,
         raw_broker_publish: broker.publish,
         raw_broker_publish_runs: raw_publish_runs,
         raw_broker_consume: broker.consume,
+        relay: relay.rate,
+        relay_runs,
+        relay_latency: relay.latency,
         intake,
         intake_runs,
         intake_latency,
@@ -300,12 +348,14 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
         end_to_end_job_latency,
         cpu_us_per_item: BTreeMap::from([
             ("raw_broker_publish", broker.publish_cpu),
+            ("relay", relay.cpu),
             ("intake", intake_cpu),
             ("drain", drain_cpu),
             ("end_to_end", end_to_end_cpu),
         ]),
         cores_busy: [
             ("raw_broker_publish", broker.publish_load),
+            ("relay", relay.load),
             ("intake", intake_load),
             ("drain", drain_load),
             ("end_to_end", end_to_end_load),
@@ -430,12 +480,16 @@ async fn intake(
 pub fn summary(report: &Report) -> String {
     let r = &report.ratios;
     let figures = format!(
-        "intake     {:>9.0} items/s = {:.2} × raw broker publish ({:.0}/s); api peak RSS {}\n\
+        "relay      {:>9.0} items/s = {:.2} × raw broker publish (HTTP in front of the broker, nothing else)\n\
+         intake     {:>9.0} items/s = {:.2} × raw broker publish ({:.0}/s) = {:.2} × relay; api peak RSS {}\n\
          drain      {:>9.0} items/s = {:.2} × raw db upsert ({:.0}/s); worker peak RSS {}\n\
          end to end {:>9.0} items/s = {:.2} × raw db upsert; job latency p99 {:.0} ms",
+        report.relay.items_per_sec,
+        r.relay_vs_broker_publish,
         report.intake.items_per_sec,
         r.intake_vs_broker_publish,
         report.raw_broker_publish.items_per_sec,
+        r.intake_vs_relay,
         report
             .api_peak_rss_mb
             .map_or("n/a".into(), |m| format!("{m:.0} MB")),

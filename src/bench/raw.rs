@@ -121,30 +121,35 @@ impl BrokerRates {
 
 /// Publishes `messages` as the api does — persistent, mandatory, through
 /// the requests exchange into their shards' quorum queues, declared with the
-/// service's own topology — with up to `window` confirms outstanding, then
+/// service's own topology, taking turns on `channels` confirm-mode channels
+/// of one connection — with up to `window` confirms outstanding, then
 /// consumes and acks them all. Nothing else happens: the broker's limit for
 /// the service's traffic.
 pub async fn broker(
     url: &str,
     topology: &Topology,
     messages: &[RawMessage],
-    window: usize,
+    (channels, window): (usize, usize),
     broker_pid: Option<u32>,
 ) -> Result<BrokerRates, BenchError> {
     let items: usize = messages.iter().map(|m| m.items).sum();
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    topology.declare(&channel).await?;
+    let mut publishers = Vec::new();
+    for _ in 0..channels.max(1) {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        publishers.push(channel);
+    }
+    topology.declare(&publishers[0]).await?;
     let exchange = topology.requests_exchange();
 
     cpu::broker_quiet(broker_pid).await;
     let cpu = CpuMeter::bench_and_broker(broker_pid);
     let started = Instant::now();
     let mut in_flight = FuturesUnordered::new();
-    for message in messages {
+    for (message, channel) in messages.iter().zip(publishers.iter().cycle()) {
         if in_flight.len() >= window {
             if let Some(confirm) = in_flight.next().await {
                 check_ack(confirm)?;

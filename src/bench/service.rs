@@ -16,8 +16,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// A prepared submission: bearer token, item count, body.
-pub type Request = (String, usize, Vec<u8>);
+/// A prepared POST: where to, its bearer token if any, the items it
+/// carries, its body.
+pub struct Request {
+    pub url: String,
+    pub token: Option<String>,
+    pub items: usize,
+    pub body: Vec<u8>,
+}
 
 /// A throw-away deployment: its own database, prefix and processes.
 pub struct Stack {
@@ -142,12 +148,13 @@ impl Stack {
         )
     }
 
-    fn base_url(&self) -> Result<String, BenchError> {
+    /// Where the api takes batches of pieces.
+    fn submit_url(&self) -> Result<String, BenchError> {
         let (_, port, _) = self
             .api
             .as_ref()
             .ok_or_else(|| BenchError::Service("no api".into()))?;
-        Ok(format!("http://127.0.0.1:{port}"))
+        Ok(format!("http://127.0.0.1:{port}/api/v1/sync/pieces"))
     }
 
     /// Every batch as a request (token, item count, body), tenants
@@ -165,12 +172,18 @@ impl Stack {
             .await?;
             tokens.push(key.token);
         }
+        let url = self.submit_url()?;
         let mut work = Vec::new();
         let longest = loads.iter().map(|l| l.batches.len()).max().unwrap_or(0);
         for round in 0..longest {
             for (load, token) in loads.iter().zip(&tokens) {
                 if let Some(batch) = load.batches.get(round) {
-                    work.push((token.clone(), batch.len(), request_body(batch)));
+                    work.push(Request {
+                        url: url.clone(),
+                        token: Some(token.clone()),
+                        items: batch.len(),
+                        body: request_body(batch),
+                    });
                 }
             }
         }
@@ -188,76 +201,31 @@ impl Stack {
         concurrency: usize,
         rounds: usize,
     ) -> Result<(), BenchError> {
-        let mut tokens: Vec<&String> = requests.iter().map(|(token, _, _)| token).collect();
+        let mut tokens: Vec<&String> = requests.iter().filter_map(|r| r.token.as_ref()).collect();
         tokens.sort();
         tokens.dedup();
+        let url = self.submit_url()?;
         let empty = tokens
             .iter()
             .cycle()
             .take(concurrency * rounds)
-            .map(|token| ((*token).clone(), 0, b"[]".to_vec()))
+            .map(|token| Request {
+                url: url.clone(),
+                token: Some((*token).clone()),
+                items: 0,
+                body: b"[]".to_vec(),
+            })
             .collect();
-        self.submit(empty, concurrency).await.map(|_| ())
+        post_all(empty, concurrency).await.map(|_| ())
     }
 
-    /// POSTs every request, `concurrency` at a time (each tenant's batches
-    /// in order), and returns the accepted rate and the request latencies.
+    /// POSTs every request to the api, `concurrency` at a time.
     pub async fn submit(
         &self,
         requests: Vec<Request>,
         concurrency: usize,
     ) -> Result<(Rate, Latency), BenchError> {
-        let base = self.base_url()?;
-        let work = Arc::new(Mutex::new(requests.into_iter()));
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(concurrency)
-            .build()?;
-        let started = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..concurrency.max(1) {
-            let work = work.clone();
-            let client = client.clone();
-            let url = format!("{base}/api/v1/sync/pieces");
-            tasks.spawn(async move {
-                let mut latencies = Vec::new();
-                let mut accepted = 0usize;
-                loop {
-                    let next = work.lock().map_err(|_| BenchError::Poisoned)?.next();
-                    let Some((token, items, body)) = next else {
-                        break;
-                    };
-                    let sent = Instant::now();
-                    let response = client
-                        .post(&url)
-                        .bearer_auth(&token)
-                        .header("content-type", "application/json")
-                        .body(body)
-                        .send()
-                        .await?;
-                    let status = response.status();
-                    // Read to the end, as a client does: a connection whose
-                    // answer was left unread cannot be reused.
-                    response.bytes().await?;
-                    latencies.push(sent.elapsed());
-                    if status != reqwest::StatusCode::ACCEPTED {
-                        return Err(BenchError::Service(format!("submission answered {status}")));
-                    }
-                    accepted += items;
-                }
-                Ok::<_, BenchError>((accepted, latencies))
-            });
-        }
-        let mut accepted = 0;
-        let mut latencies = Vec::new();
-        while let Some(done) = tasks.join_next().await {
-            let (items, samples) = done.map_err(|e| BenchError::Task(e.to_string()))??;
-            accepted += items;
-            latencies.extend(samples);
-        }
-        Ok((
-            Rate::new(accepted, started.elapsed()),
-            Latency::of(latencies),
-        ))
+        post_all(requests, concurrency).await
     }
 
     /// Waits until every job is finished; fails if any failed.
@@ -315,6 +283,65 @@ impl Stack {
         topology.remove(&self.settings.amqp_url).await;
         drop_database(&self.settings.database_url, &self.database).await;
     }
+}
+
+/// POSTs every request, `concurrency` at a time (requests taken in order,
+/// so each tenant's batches go in order), and returns the accepted rate
+/// and the request latencies. Anything but `202` fails the run.
+pub async fn post_all(
+    requests: Vec<Request>,
+    concurrency: usize,
+) -> Result<(Rate, Latency), BenchError> {
+    let work = Arc::new(Mutex::new(requests.into_iter()));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let work = work.clone();
+        let client = client.clone();
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut accepted = 0usize;
+            loop {
+                let next = work.lock().map_err(|_| BenchError::Poisoned)?.next();
+                let Some(request) = next else {
+                    break;
+                };
+                let sent = Instant::now();
+                let mut post = client
+                    .post(&request.url)
+                    .header("content-type", "application/json")
+                    .body(request.body);
+                if let Some(token) = &request.token {
+                    post = post.bearer_auth(token);
+                }
+                let response = post.send().await?;
+                let status = response.status();
+                // Read to the end, as a client does: a connection whose
+                // answer was left unread cannot be reused.
+                response.bytes().await?;
+                latencies.push(sent.elapsed());
+                if status != reqwest::StatusCode::ACCEPTED {
+                    return Err(BenchError::Service(format!("submission answered {status}")));
+                }
+                accepted += request.items;
+            }
+            Ok::<_, BenchError>((accepted, latencies))
+        });
+    }
+    let mut accepted = 0;
+    let mut latencies = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (items, samples) = done.map_err(|e| BenchError::Task(e.to_string()))??;
+        accepted += items;
+        latencies.extend(samples);
+    }
+    Ok((
+        Rate::new(accepted, started.elapsed()),
+        Latency::of(latencies),
+    ))
 }
 
 /// Drops a benchmark database (connecting to `postgres` on the same server).

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 /// Channels per connection; confirms on one channel are serialised by the
 /// broker, so a few of them let concurrent requests overlap.
-const CHANNELS: usize = 4;
+pub const CHANNELS: usize = 4;
 /// After a failed connect, callers fail fast for this long instead of each
 /// trying again.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
