@@ -356,12 +356,19 @@ mod tests {
         // Exited, not yet reaped: still read as a running child.
         let spent = cpu_seconds(pid).unwrap();
         assert!(spent >= 0.05, "the child worked {spent} s");
-        let gained = |now: (f64, f64)| (now.0 - before.0) - (now.1 - before.1);
-        let unreaped = gained((family.seconds().unwrap(), own.seconds().unwrap()));
+        // Other tests' threads spend this process's own CPU meanwhile: the
+        // own time is read before the family's (and after it at the start)
+        // so that what they spend between the two reads cannot be taken off
+        // the child's.
+        let gained = || {
+            let own_now = own.seconds().unwrap();
+            (family.seconds().unwrap() - before.0) - (own_now - before.1)
+        };
+        let unreaped = gained();
         assert!(unreaped >= spent - 0.011, "{unreaped} < {spent}");
         // Reaped: its time has moved to this process's children's.
         child.wait().expect("reaped");
-        let reaped = gained((family.seconds().unwrap(), own.seconds().unwrap()));
+        let reaped = gained();
         assert!(reaped >= spent - 0.011, "{reaped} < {spent}");
     }
 
