@@ -300,7 +300,7 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
         .with("worker", stack.worker_pid())
         .with_postgres(cpu::postgres(&stack.pool).await);
     let started = Instant::now();
-    stack.submit(requests, args.concurrency).await?;
+    service::post_all(requests, args.concurrency).await?;
     stack.wait_drained(Duration::from_secs(900)).await?;
     let end_to_end = Rate::new(items, started.elapsed());
     let end_to_end_load = meter.load();
@@ -452,7 +452,7 @@ async fn intake(
         .with("api", stack.api_pid())
         .with_postgres(cpu::postgres(&stack.pool).await);
     let before = stack.api_metrics().await?;
-    let (rate, latency) = stack.submit(requests, concurrency).await?;
+    let (rate, latency) = service::post_all(requests, concurrency).await?;
     let load = meter.load();
     let time = ServerTime::between(&before, &stack.api_metrics().await?);
     let cpu = meter.settled_per_item(items).await;

@@ -219,15 +219,6 @@ impl Stack {
         post_all(empty, concurrency).await.map(|_| ())
     }
 
-    /// POSTs every request to the api, `concurrency` at a time.
-    pub async fn submit(
-        &self,
-        requests: Vec<Request>,
-        concurrency: usize,
-    ) -> Result<(Rate, Latency), BenchError> {
-        post_all(requests, concurrency).await
-    }
-
     /// Waits until every job is finished; fails if any failed.
     pub async fn wait_drained(&self, limit: Duration) -> Result<(), BenchError> {
         let started = Instant::now();
