@@ -151,6 +151,15 @@ fn mb(bytes: Option<u64>) -> Option<f64> {
 const RAW_BROKER_RUNS: usize = 3;
 const INTAKE_RUNS: usize = RAW_BROKER_RUNS;
 const RELAY_RUNS: usize = RAW_BROKER_RUNS;
+/// Of the run kept so far and `run`, the one with the higher `rate` (the
+/// earlier on a tie).
+fn faster<T>(kept: Option<T>, run: T, rate: impl Fn(&T) -> f64) -> T {
+    match kept {
+        Some(kept) if rate(&kept) >= rate(&run) => kept,
+        _ => run,
+    }
+}
+
 /// Rounds of empty submissions before each intake run (see
 /// [`service::Stack::warm_up`]).
 const WARM_UP_ROUNDS: usize = 4;
@@ -230,10 +239,7 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
             cpu::describe_phase(&run.cpu, run.load)
         );
         relay_runs.push(run.rate.items_per_sec);
-        relay = match relay {
-            Some(kept) if kept.rate.items_per_sec >= run.rate.items_per_sec => Some(kept),
-            _ => Some(run),
-        };
+        relay = Some(faster(relay, run, |r| r.rate.items_per_sec));
     }
     let relay = relay.expect("at least one relay run");
     drop(messages);
@@ -254,10 +260,7 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
         intake_runs.push(run.rate.items_per_sec);
         // The peak of every run: the figure is a bound.
         api_rss = api_rss.max(run.api_rss);
-        best = match best {
-            Some(kept) if kept.rate.items_per_sec >= run.rate.items_per_sec => Some(kept),
-            _ => Some(run),
-        };
+        best = Some(faster(best, run, |r| r.rate.items_per_sec));
     }
     let mut stack = last.expect("at least one intake run");
     let best_intake = best.expect("at least one intake run");
