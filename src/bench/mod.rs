@@ -380,35 +380,36 @@ fn rates(runs: &[f64]) -> String {
 }
 
 /// Where a submission's time went, by the api's own metrics: the mean time
-/// it spent answering one, and the mean wait for the broker's confirm
-/// within that. When the broker's confirms bound both intake and the raw
-/// publish, intake's ratio to the raw publish is about their quotient.
+/// it spent answering one, and within that the mean time reading the body,
+/// checking it, recording the job and waiting for the broker's confirm.
+/// When the broker's confirms bound both intake and the raw publish,
+/// intake's ratio to the raw publish is about the confirm's share.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct ServerTime {
     pub request_ms: f64,
+    pub read_ms: f64,
+    pub check_ms: f64,
+    pub record_ms: f64,
     pub confirm_ms: f64,
 }
 
 impl ServerTime {
     /// The figures of the submissions answered between two scrapes.
     fn between(before: &str, after: &str) -> Option<ServerTime> {
-        let request = |text| {
-            Totals::read(
-                text,
-                crate::telemetry::metrics::HTTP_DURATION,
-                &[("method", "POST"), ("route", "/api/v1/sync/{entity}")],
-            )
+        use crate::telemetry::metrics as m;
+        let mean = |name, labels: &[(&str, &str)]| {
+            Totals::read(after, name, labels).mean_ms_since(Totals::read(before, name, labels))
         };
-        let confirm = |text| {
-            Totals::read(
-                text,
-                crate::telemetry::metrics::PUBLISH_CONFIRM,
-                &[("outcome", "ack")],
-            )
-        };
+        let stage = |stage| mean(m::SUBMISSION_STAGE, &[("stage", stage)]);
         Some(ServerTime {
-            request_ms: request(after).mean_ms_since(request(before))?,
-            confirm_ms: confirm(after).mean_ms_since(confirm(before))?,
+            request_ms: mean(
+                m::HTTP_DURATION,
+                &[("method", "POST"), ("route", "/api/v1/sync/{entity}")],
+            )?,
+            read_ms: stage("read")?,
+            check_ms: stage("check")?,
+            record_ms: stage("record")?,
+            confirm_ms: mean(m::PUBLISH_CONFIRM, &[("outcome", "ack")])?,
         })
     }
 
@@ -417,8 +418,8 @@ impl ServerTime {
             || "api time n/a".into(),
             |t| {
                 format!(
-                    "in the api {:.0} ms, of which confirm {:.0} ms",
-                    t.request_ms, t.confirm_ms
+                    "in the api {:.0} ms: read {:.0}, check {:.0}, record {:.0}, confirm {:.0} ms",
+                    t.request_ms, t.read_ms, t.check_ms, t.record_ms, t.confirm_ms
                 )
             },
         )
@@ -511,4 +512,53 @@ pub fn summary(report: &Report) -> String {
         format!("\ncpu {phase:<18} {}", cpu::describe_phase(cpu, load))
     });
     figures + &cpu.collect::<String>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServerTime;
+
+    /// An api's exposition after `requests` submissions, each `ms` long in
+    /// all and (read, check, record, confirm) long in its stages.
+    fn exposition(requests: u32, ms: f64, stages: [f64; 4]) -> String {
+        let n = f64::from(requests);
+        let [read, check, record, confirm] = stages.map(|s| s * n / 1e3);
+        let total = ms * n / 1e3;
+        format!(
+            "sync_http_request_duration_seconds_sum{{method=\"POST\",route=\"/api/v1/sync/{{entity}}\"}} {total}\n\
+             sync_http_request_duration_seconds_count{{method=\"POST\",route=\"/api/v1/sync/{{entity}}\"}} {n}\n\
+             sync_http_request_duration_seconds_sum{{method=\"GET\",route=\"/api/v1/jobs/{{id}}\"}} 99\n\
+             sync_http_request_duration_seconds_count{{method=\"GET\",route=\"/api/v1/jobs/{{id}}\"}} 1\n\
+             sync_submission_stage_seconds_sum{{stage=\"read\"}} {read}\n\
+             sync_submission_stage_seconds_count{{stage=\"read\"}} {n}\n\
+             sync_submission_stage_seconds_sum{{stage=\"check\"}} {check}\n\
+             sync_submission_stage_seconds_count{{stage=\"check\"}} {n}\n\
+             sync_submission_stage_seconds_sum{{stage=\"record\"}} {record}\n\
+             sync_submission_stage_seconds_count{{stage=\"record\"}} {n}\n\
+             sync_publish_confirm_seconds_sum{{outcome=\"ack\"}} {confirm}\n\
+             sync_publish_confirm_seconds_count{{outcome=\"ack\"}} {n}\n\
+             sync_publish_confirm_seconds_sum{{outcome=\"timeout\"}} 50\n\
+             sync_publish_confirm_seconds_count{{outcome=\"timeout\"}} 5\n"
+        )
+    }
+
+    #[test]
+    fn server_time_is_the_mean_of_each_stage_between_two_scrapes() {
+        let before = exposition(10, 100.0, [1.0, 2.0, 3.0, 50.0]);
+        // 30 more submissions, each 60 ms: 4 + 6 + 8 + 40 of it in stages.
+        let after = exposition(40, 70.0, [3.25, 5.0, 6.75, 42.5]);
+        let time = ServerTime::between(&before, &after).expect("submissions in between");
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(time.request_ms, 60.0), "{time:?}");
+        assert!(close(time.read_ms, 4.0), "{time:?}");
+        assert!(close(time.check_ms, 6.0), "{time:?}");
+        assert!(close(time.record_ms, 8.0), "{time:?}");
+        assert!(close(time.confirm_ms, 40.0), "{time:?}");
+    }
+
+    #[test]
+    fn server_time_needs_submissions_in_between() {
+        let scrape = exposition(10, 100.0, [1.0, 2.0, 3.0, 50.0]);
+        assert!(ServerTime::between(&scrape, &scrape).is_none());
+    }
 }

@@ -23,6 +23,7 @@ pub const QUEUE_CONSUMERS: &str = "sync_queue_consumers";
 pub const DB_POOL_CONNECTIONS: &str = "sync_db_pool_connections";
 pub const APPLY_RETRIES: &str = "sync_apply_retries_total";
 pub const WAITING_REQUESTS: &str = "sync_waiting_requests";
+pub const SUBMISSION_STAGE: &str = "sync_submission_stage_seconds";
 
 /// HTTP handling: sub-millisecond to tens of seconds (waiting requests).
 const HTTP_BUCKETS: &[f64] = &[
@@ -53,6 +54,7 @@ pub fn prometheus_builder() -> PrometheusBuilder {
     let builder = with(builder, HTTP_DURATION, HTTP_BUCKETS);
     let builder = with(builder, BATCH_APPLY, APPLY_BUCKETS);
     let builder = with(builder, PUBLISH_CONFIRM, CONFIRM_BUCKETS);
+    let builder = with(builder, SUBMISSION_STAGE, CONFIRM_BUCKETS);
     with(builder, QUEUE_WAIT, WAIT_BUCKETS)
 }
 
@@ -102,5 +104,10 @@ pub fn describe() {
     describe_gauge!(
         WAITING_REQUESTS,
         "Requests waiting for their job (Prefer: wait)"
+    );
+    describe_histogram!(
+        SUBMISSION_STAGE,
+        Unit::Seconds,
+        "Time a submission spent reading its body, checking it and recording its job, by stage"
     );
 }

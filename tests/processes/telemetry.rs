@@ -149,6 +149,19 @@ async fn metrics_move_by_exactly_what_happened() {
         ),
         2.0
     );
+    // Every submission is read; the invalid one is not checked through;
+    // only the two accepted ones record a job.
+    for (stage, count) in [("read", 4.0), ("check", 3.0), ("record", 2.0)] {
+        assert_eq!(
+            sample(
+                &api,
+                "sync_submission_stage_seconds_count",
+                &[("stage", stage)]
+            ),
+            count,
+            "{stage}"
+        );
+    }
     let shard_queue = topology.request_queue(topology.shard_for(company));
     assert!(
         api.contains(&format!("sync_queue_messages{{queue=\"{shard_queue}\"}}")),
