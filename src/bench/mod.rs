@@ -101,7 +101,9 @@ pub struct Report {
     pub publish_window: usize,
     pub raw_db_upsert: Rate,
     pub raw_broker_publish: Rate,
-    /// Every raw publish run's items/s; `raw_broker_publish` is the best.
+    /// Every raw publish run's items/s, round by round (the relay's and
+    /// intake's runs of a round are at the same index); `raw_broker_publish`
+    /// is the best.
     pub raw_broker_publish_runs: Vec<f64>,
     pub raw_broker_consume: Rate,
     /// The same messages POSTed through a relay that only publishes them.
@@ -146,11 +148,11 @@ fn mb(bytes: Option<u64>) -> Option<f64> {
 
 /// The raw broker baseline is a fraction of a second of work, and its rate
 /// varies from run to run more than any other figure: the limit is the best
-/// of a few runs. Intake, a second or so of work against the same broker,
-/// varies as much and is compared with it, so it gets the same treatment.
-const RAW_BROKER_RUNS: usize = 3;
-const INTAKE_RUNS: usize = RAW_BROKER_RUNS;
-const RELAY_RUNS: usize = RAW_BROKER_RUNS;
+/// of a few runs. The relay and intake, each a second or so of work against
+/// the same broker, vary as much and are compared with it, so they get the
+/// same treatment: a round is one run of each, and each figure is its best
+/// over the rounds.
+const ROUNDS: usize = 5;
 /// Of the run kept so far and `run`, the one with the higher `rate` (the
 /// earlier on a tie).
 fn faster<T>(kept: Option<T>, run: T, rate: impl Fn(&T) -> f64) -> T {
@@ -190,12 +192,26 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
         raw_db.items_per_sec
     );
 
-    // 2. Raw broker.
+    // 2.–4. Raw broker, relay and intake, in rounds: one run of each per
+    // round, so that all three meet the broker in the same states (it is
+    // faster in some seconds than in others) rather than each phase in its
+    // own stretch of time. Every run starts on an empty broker: the last
+    // intake's backlog is removed before the next round; the last round's
+    // is kept for 5. the drain.
     let messages = raw::messages(&loads, &crate::app::topology(&base));
     let broker_pid = cpu::broker_pid();
     let mut broker: Option<raw::BrokerRates> = None;
     let mut raw_publish_runs = Vec::new();
-    for _ in 0..RAW_BROKER_RUNS {
+    let mut relay: Option<relay::RelayRun> = None;
+    let mut relay_runs = Vec::new();
+    let mut last: Option<service::Stack> = None;
+    let mut best: Option<Intake> = None;
+    let mut intake_runs = Vec::new();
+    let mut api_rss = None;
+    for _ in 0..ROUNDS {
+        if let Some(earlier) = last.take() {
+            earlier.teardown().await;
+        }
         // Fresh queues each run, named apart from any running service's.
         let mut settings = base.clone();
         settings.queue_prefix = format!(
@@ -211,25 +227,18 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
             broker_pid,
         )
         .await?;
+        eprintln!(
+            "bench: raw broker publish  {:>9.0} items/s; {}",
+            run.publish.items_per_sec,
+            cpu::describe_phase(&run.publish_cpu, run.publish_load)
+        );
         raw_publish_runs.push(run.publish.items_per_sec);
         broker = Some(match broker {
             Some(best) => best.best_with(run),
             None => run,
         });
-    }
-    let broker = broker.expect("at least one raw broker run");
-    eprintln!(
-        "bench: raw broker publish  {:>9.0} items/s (best of {}), consume {:.0} items/s; {}",
-        broker.publish.items_per_sec,
-        rates(&raw_publish_runs),
-        broker.consume.items_per_sec,
-        cpu::describe_phase(&broker.publish_cpu, broker.publish_load)
-    );
 
-    // 3. Relay, the raw publish's messages through HTTP and nothing else.
-    let mut relay: Option<relay::RelayRun> = None;
-    let mut relay_runs = Vec::new();
-    for _ in 0..RELAY_RUNS {
+        // 3. Relay, the raw publish's messages through HTTP and nothing else.
         let run = relay::run(&base, &messages, args.concurrency, broker_pid).await?;
         eprintln!(
             "bench: relay              {:>9.0} items/s (p50 {:.1} ms, p99 {:.1} ms); {}",
@@ -240,21 +249,8 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
         );
         relay_runs.push(run.rate.items_per_sec);
         relay = Some(faster(relay, run, |r| r.rate.items_per_sec));
-    }
-    let relay = relay.expect("at least one relay run");
-    drop(messages);
 
-    // 4. Intake, each run on a stack of its own; then 5. drain the last
-    // run's backlog. Each run starts on an empty broker, as the raw publish
-    // runs do: an earlier run's backlog is removed before the next starts.
-    let mut last: Option<service::Stack> = None;
-    let mut best: Option<Intake> = None;
-    let mut intake_runs = Vec::new();
-    let mut api_rss = None;
-    for _ in 0..INTAKE_RUNS {
-        if let Some(earlier) = last.take() {
-            earlier.teardown().await;
-        }
+        // 4. Intake, on a stack of its own.
         let (stack, run) = intake(&base, &loads, args.concurrency, broker_pid).await?;
         last = Some(stack);
         intake_runs.push(run.rate.items_per_sec);
@@ -262,8 +258,32 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
         api_rss = api_rss.max(run.api_rss);
         best = Some(faster(best, run, |r| r.rate.items_per_sec));
     }
-    let mut stack = last.expect("at least one intake run");
-    let best_intake = best.expect("at least one intake run");
+    drop(messages);
+    let broker = broker.expect("at least one round");
+    let relay = relay.expect("at least one round");
+    eprintln!(
+        "bench: raw broker publish  {:>9.0} items/s (best of {}), consume {:.0} items/s; {}",
+        broker.publish.items_per_sec,
+        rates(&raw_publish_runs),
+        broker.consume.items_per_sec,
+        cpu::describe_phase(&broker.publish_cpu, broker.publish_load)
+    );
+    eprintln!(
+        "bench: relay best         {:>9.0} items/s (of {})",
+        relay.rate.items_per_sec,
+        rates(&relay_runs)
+    );
+    let by_round: Vec<String> = intake_runs
+        .iter()
+        .zip(&raw_publish_runs)
+        .map(|(intake, raw)| format!("{:.2}", intake / raw))
+        .collect();
+    eprintln!(
+        "bench: intake / raw publish by round: {}",
+        by_round.join(", ")
+    );
+    let mut stack = last.expect("at least one round");
+    let best_intake = best.expect("at least one round");
     eprintln!(
         "bench: intake best        {:>9.0} items/s (of {})",
         best_intake.rate.items_per_sec,
