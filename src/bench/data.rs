@@ -19,6 +19,22 @@ impl TenantLoad {
     }
 }
 
+/// Every tenant's batches in the order they are sent: the first batch of
+/// each tenant, then the second of each, and so on, as tenants' connectors
+/// push side by side. Intake's requests and the raw publish's messages both
+/// go in this order, so that the broker sees every shard's queue busy at
+/// once in both, not one queue after another in one of them.
+/// Yields each batch with the index of its tenant's load.
+pub fn in_sending_order(loads: &[TenantLoad]) -> impl Iterator<Item = (usize, &Vec<Piece>)> {
+    let longest = loads.iter().map(|l| l.batches.len()).max().unwrap_or(0);
+    (0..longest).flat_map(move |round| {
+        loads
+            .iter()
+            .enumerate()
+            .filter_map(move |(tenant, load)| Some((tenant, load.batches.get(round)?)))
+    })
+}
+
 /// Generates `total` pieces split over `tenants` tenants in batches of
 /// `batch`; in every batch after a tenant's first, `update_ratio` of the
 /// items reuse GUIDs that tenant already sent (so they are updates).
@@ -96,4 +112,37 @@ fn piece(
 /// A batch as the HTTP body a client would send.
 pub fn request_body(items: &[Piece]) -> Vec<u8> {
     serde_json::to_vec(items).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_go_one_per_tenant_in_turn_until_every_tenant_is_done() {
+        // 3 tenants: 2500 pieces each in batches of 1000 → 1000, 1000, 500.
+        let loads = generate(7_500, 1_000, 3, 0.0);
+        let order: Vec<(usize, usize)> = in_sending_order(&loads)
+            .map(|(tenant, batch)| (tenant, batch.len()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (0, 1000),
+                (1, 1000),
+                (2, 1000),
+                (0, 1000),
+                (1, 1000),
+                (2, 1000),
+                (0, 500),
+                (1, 500),
+                (2, 500),
+            ]
+        );
+        for (tenant, batch) in in_sending_order(&loads) {
+            assert!(batch
+                .iter()
+                .all(|p| p.company_guid == loads[tenant].company));
+        }
+    }
 }

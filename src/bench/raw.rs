@@ -2,7 +2,11 @@
 //! statement driven directly, and the broker with pipelined confirms.
 
 use super::cpu::{self, CpuMeter, CpuPerItem, MachineLoad};
-use super::{data::TenantLoad, stats::Rate, BenchError};
+use super::{
+    data::{self, TenantLoad},
+    stats::Rate,
+    BenchError,
+};
 use crate::{
     domain::Batch,
     queue::{BatchMessage, Topology},
@@ -69,19 +73,16 @@ pub struct RawMessage {
 
 /// The messages the api would publish for these loads.
 pub fn messages(loads: &[TenantLoad], topology: &Topology) -> Vec<RawMessage> {
-    loads
-        .iter()
-        .flat_map(|l| {
-            let shard = topology.shard_for(l.company);
-            l.batches.iter().map(move |items| {
-                let batch = Batch::Pieces(items.clone());
-                let message = BatchMessage::new(Uuid::now_v7(), l.company, false, batch);
-                RawMessage {
-                    items: items.len(),
-                    shard,
-                    body: message.to_json(),
-                }
-            })
+    data::in_sending_order(loads)
+        .map(|(tenant, items)| {
+            let company = loads[tenant].company;
+            let batch = Batch::Pieces(items.clone());
+            let message = BatchMessage::new(Uuid::now_v7(), company, false, batch);
+            RawMessage {
+                items: items.len(),
+                shard: topology.shard_for(company),
+                body: message.to_json(),
+            }
         })
         .collect()
 }

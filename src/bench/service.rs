@@ -3,7 +3,7 @@
 //! prefix, driven over HTTP.
 
 use super::{
-    data::{request_body, TenantLoad},
+    data::{self, request_body, TenantLoad},
     stats::{Latency, Rate},
     BenchError,
 };
@@ -173,21 +173,14 @@ impl Stack {
             tokens.push(key.token);
         }
         let url = self.submit_url()?;
-        let mut work = Vec::new();
-        let longest = loads.iter().map(|l| l.batches.len()).max().unwrap_or(0);
-        for round in 0..longest {
-            for (load, token) in loads.iter().zip(&tokens) {
-                if let Some(batch) = load.batches.get(round) {
-                    work.push(Request {
-                        url: url.clone(),
-                        token: Some(token.clone()),
-                        items: batch.len(),
-                        body: request_body(batch),
-                    });
-                }
-            }
-        }
-        Ok(work)
+        Ok(data::in_sending_order(loads)
+            .map(|(tenant, batch)| Request {
+                url: url.clone(),
+                token: Some(tokens[tenant].clone()),
+                items: batch.len(),
+                body: request_body(batch),
+            })
+            .collect())
     }
 
     /// Brings a fresh api to the state it is in after serving a while, so
