@@ -13,6 +13,7 @@
 //! 5. drain: a `sync-ingest worker` applying that backlog;
 //! 6. end to end: api and worker together under sustained load.
 
+mod broker;
 mod cpu;
 pub(crate) mod data;
 mod raw;
@@ -96,6 +97,9 @@ pub struct Report {
     pub update_ratio: f64,
     pub shards: u16,
     pub approx_item_bytes: usize,
+    /// Whether every raw publish, relay and intake run started on a fresh
+    /// quorum-queue WAL (see `src/bench/broker.rs`).
+    pub broker_wal_rolled_over: bool,
     /// The raw publish's channels and confirms in flight.
     pub publish_channels: usize,
     pub publish_window: usize,
@@ -351,6 +355,7 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
         update_ratio: args.update_ratio,
         shards: base.shards,
         approx_item_bytes: sample_bytes,
+        broker_wal_rolled_over: broker::every_roll_over_done(),
         publish_channels: args.publish_channels,
         publish_window: args.publish_window,
         raw_db_upsert: raw_db,
@@ -471,7 +476,7 @@ async fn intake(
     stack
         .warm_up(&requests, concurrency, WARM_UP_ROUNDS)
         .await?;
-    cpu::broker_quiet(broker_pid).await;
+    broker::settle(broker_pid).await;
     let meter = CpuMeter::bench_and_broker(broker_pid)
         .with("api", stack.api_pid())
         .with_postgres(cpu::postgres(&stack.pool).await);

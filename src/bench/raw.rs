@@ -1,8 +1,9 @@
 //! The raw limits the service is measured against: the worker's upsert
 //! statement driven directly, and the broker with pipelined confirms.
 
-use super::cpu::{self, CpuMeter, CpuPerItem, MachineLoad};
+use super::cpu::{CpuMeter, CpuPerItem, MachineLoad};
 use super::{
+    broker,
     data::{self, TenantLoad},
     stats::Rate,
     BenchError,
@@ -146,7 +147,7 @@ pub async fn broker(
     topology.declare(&publishers[0]).await?;
     let exchange = topology.requests_exchange();
 
-    cpu::broker_quiet(broker_pid).await;
+    broker::settle(broker_pid).await;
     let cpu = CpuMeter::bench_and_broker(broker_pid);
     let started = Instant::now();
     let mut in_flight = FuturesUnordered::new();

@@ -10,7 +10,8 @@
 //! to the raw publish is the api's own work, and how much any api would pay.
 
 use super::{
-    cpu::{self, CpuMeter, CpuPerItem, MachineLoad},
+    broker,
+    cpu::{CpuMeter, CpuPerItem, MachineLoad},
     raw::RawMessage,
     service::{post_all, Request},
     stats::{Latency, Rate},
@@ -198,7 +199,7 @@ pub async fn run(
     let topology = crate::app::topology(&settings);
     let relay = Relay::start(&base.amqp_url, topology.clone()).await?;
     let requests = relay.requests(messages);
-    cpu::broker_quiet(broker_pid).await;
+    broker::settle(broker_pid).await;
     let meter = CpuMeter::bench_and_broker(broker_pid);
     let posted = post_all(requests, concurrency).await;
     let load = meter.load();
