@@ -7,13 +7,14 @@ use crate::{
     config::Settings,
     queue::{results, results::JobWaiters, Publisher, Topology},
     retention,
-    store::{self, JobRecorder, StoreError},
-    worker::Worker,
+    store::{self, leases, JobRecorder, Sessions, StoreError},
+    worker::{self, Worker},
 };
 use sqlx::PgPool;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
-use tokio::{net::TcpListener, task::JoinSet};
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 /// Database connections per process.
 const POOL_SIZE: u32 = 16;
@@ -34,6 +35,8 @@ pub enum Mode {
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("invalid settings: {0}")]
+    Settings(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -78,7 +81,24 @@ impl Service {
     pub async fn start(settings: Settings, mode: Mode) -> Result<Service, StartError> {
         crate::telemetry::prometheus();
         let settings = Arc::new(settings);
-        let pool = store::connect_and_migrate(&settings.database_url, POOL_SIZE).await?;
+        let leases = settings.lease_timing().map_err(StartError::Settings)?;
+        // A worker's sessions carry its id, so that a successor can end them
+        // should it freeze mid-batch; the database ends an idle transaction
+        // of a frozen worker by itself after a lease TTL, too.
+        let worker_id = Uuid::now_v7();
+        let sessions = match mode {
+            Mode::Api => Sessions {
+                application_name: "sync-ingest api".into(),
+                idle_in_transaction: None,
+            },
+            Mode::All | Mode::Worker => Sessions {
+                application_name: leases::application_name(worker_id),
+                idle_in_transaction: Some(leases.ttl),
+            },
+        };
+        let pool =
+            store::connect_and_migrate_as(&settings.database_url, POOL_SIZE, &sessions).await?;
+        let (membership, membership_view) = watch::channel(worker::Status::default());
         let name = match mode {
             Mode::All => "sync-ingest all",
             Mode::Api => "sync-ingest api",
@@ -117,6 +137,7 @@ impl Service {
             parse_permits: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
             )),
+            membership: (mode != Mode::Api).then(|| membership_view.clone()),
         };
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -198,13 +219,25 @@ impl Service {
         tracing::info!(addr = %ops_addr, "operations listener listening");
 
         if mode != Mode::Api {
+            let amqp = worker::consumer_uri(&settings.amqp_url, leases.ttl)
+                .map_err(|e| StartError::Settings(format!("invalid AMQP_URL: {e}")))?;
             let worker = Worker::new(
+                worker_id,
                 pool.clone(),
                 publisher,
-                &settings.amqp_url,
+                amqp,
                 settings.prefetch,
+                leases,
             );
-            tasks.spawn(worker.run(stop.clone()));
+            tasks.spawn(worker.run(stop.clone(), membership));
+            // Started means joined: the first heartbeat (which claims the
+            // shards) is a database round trip away, and until it went
+            // through `/readyz` rightly says 503.
+            let mut joined = membership_view;
+            let first_beat = joined.wait_for(|status| status.renewed.is_some());
+            if tokio::time::timeout(leases.ttl, first_beat).await.is_err() {
+                tracing::warn!("no heartbeat yet; the worker keeps trying");
+            }
         }
         Ok(Service {
             http_addr,

@@ -93,6 +93,17 @@ pub struct Settings {
     #[arg(long, global = true, env = "SYNC_PREFETCH", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
 
+    /// How long a worker's shard leases (and its place among the workers)
+    /// last without a heartbeat: a worker that died or froze loses its
+    /// shards after at most this plus one heartbeat interval.
+    #[arg(long, global = true, env = "SYNC_LEASE_TTL_SECS", default_value_t = 6, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub lease_ttl_secs: u64,
+
+    /// How often a worker renews its leases and rebalances; at most a third
+    /// of the lease TTL, so that two heartbeats may fail before it runs out.
+    #[arg(long, global = true, env = "SYNC_HEARTBEAT_SECS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1200))]
+    pub heartbeat_secs: u64,
+
     /// How long the api waits for the broker to confirm a publish.
     #[arg(
         long,
@@ -188,6 +199,20 @@ impl Settings {
     /// How long the api waits for a publisher confirm.
     pub fn confirm_timeout(&self) -> Duration {
         Duration::from_millis(self.confirm_timeout_ms)
+    }
+
+    /// A worker's lease TTL and heartbeat interval, or why they do not fit.
+    pub fn lease_timing(&self) -> Result<crate::worker::LeaseTiming, String> {
+        if self.heartbeat_secs.saturating_mul(3) > self.lease_ttl_secs {
+            return Err(format!(
+                "SYNC_HEARTBEAT_SECS ({}) must be at most a third of SYNC_LEASE_TTL_SECS ({})",
+                self.heartbeat_secs, self.lease_ttl_secs
+            ));
+        }
+        Ok(crate::worker::LeaseTiming {
+            ttl: Duration::from_secs(self.lease_ttl_secs),
+            heartbeat: Duration::from_secs(self.heartbeat_secs),
+        })
     }
 
     /// Bound on a graceful shutdown.

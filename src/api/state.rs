@@ -26,4 +26,6 @@ pub struct AppState {
     pub keyed_submissions: Arc<tokio::sync::Semaphore>,
     /// Bodies being parsed at once (see `submit::parse`).
     pub parse_permits: Arc<tokio::sync::Semaphore>,
+    /// The worker's place among the workers (None in an api-only process).
+    pub membership: Option<tokio::sync::watch::Receiver<crate::worker::Status>>,
 }

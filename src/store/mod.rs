@@ -4,6 +4,7 @@ pub mod api_keys;
 mod entities;
 pub mod idempotency;
 pub mod jobs;
+pub mod leases;
 mod recorder;
 
 pub use entities::{find_foreign_references, upsert_batch, UpsertOutcome};
@@ -65,8 +66,41 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
 /// Connects to the database, creating it first if it does not exist, and
 /// applies pending migrations.
 pub async fn connect_and_migrate(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    connect_and_migrate_as(url, max_connections, &Sessions::default()).await
+}
+
+/// How a process's database sessions present themselves to PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct Sessions {
+    /// `application_name`: a worker's names its id (see `leases`).
+    pub application_name: String,
+    /// `idle_in_transaction_session_timeout`: the database ends a
+    /// transaction whose client went quiet (a paused worker) after this.
+    pub idle_in_transaction: Option<Duration>,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions {
+            application_name: "sync-ingest".into(),
+            idle_in_transaction: None,
+        }
+    }
+}
+
+/// [`connect_and_migrate`] with sessions named and bounded by `sessions`.
+pub async fn connect_and_migrate_as(
+    url: &str,
+    max_connections: u32,
+    sessions: &Sessions,
+) -> Result<PgPool, StoreError> {
     let options = PgConnectOptions::from_str(url).map_err(|e| StoreError::Url(e.to_string()))?;
     create_database_if_missing(&options).await?;
+    let mut options = options.application_name(&sessions.application_name);
+    if let Some(timeout) = sessions.idle_in_transaction {
+        let millis = timeout.as_millis().max(1).to_string();
+        options = options.options([("idle_in_transaction_session_timeout", millis)]);
+    }
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))

@@ -24,6 +24,10 @@ pub const DB_POOL_CONNECTIONS: &str = "sync_db_pool_connections";
 pub const APPLY_RETRIES: &str = "sync_apply_retries_total";
 pub const WAITING_REQUESTS: &str = "sync_waiting_requests";
 pub const SUBMISSION_STAGE: &str = "sync_submission_stage_seconds";
+pub const SHARDS_HELD: &str = "sync_worker_shards_held";
+pub const SHARDS_UNOWNED: &str = "sync_shards_unowned";
+pub const WORKERS_LIVE: &str = "sync_workers_live";
+pub const SHARD_HANDOVERS: &str = "sync_shard_handovers_total";
 
 /// HTTP handling: sub-millisecond to tens of seconds (waiting requests).
 const HTTP_BUCKETS: &[f64] = &[
@@ -104,6 +108,16 @@ pub fn describe() {
     describe_gauge!(
         WAITING_REQUESTS,
         "Requests waiting for their job (Prefer: wait)"
+    );
+    describe_gauge!(SHARDS_HELD, "Shards this worker holds the lease of");
+    describe_gauge!(
+        SHARDS_UNOWNED,
+        "Shards no live lease covered at this worker's last heartbeat"
+    );
+    describe_gauge!(WORKERS_LIVE, "Live workers at this worker's last heartbeat");
+    describe_counter!(
+        SHARD_HANDOVERS,
+        "Shards handed over, by reason: join (given up to a joining worker), leave (released on stop), expiry (taken over after its lease ran out), fenced (a batch found the lease gone)"
     );
     describe_histogram!(
         SUBMISSION_STAGE,

@@ -2,7 +2,11 @@
 
 use crate::domain::Batch;
 use crate::queue::BatchMessage;
-use crate::store::{self, jobs, Job, JobError, StoreError};
+use crate::store::{
+    self, jobs,
+    leases::{self, Fence},
+    Job, JobError, StoreError,
+};
 use sqlx::{Acquire, PgPool};
 
 /// A job after a delivery of its message.
@@ -29,31 +33,52 @@ impl Applied {
     }
 }
 
-/// Applies a batch exactly once. Returns the finished job, or None if the
-/// job does not exist (its publish was never confirmed, so the api removed
-/// it and answered the client with an error: nothing may be written).
+/// What one delivery of a batch came to.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The job is finished (by this delivery or an earlier one).
+    Finished(Box<Applied>),
+    /// The job does not exist: its publish was never confirmed, so the api
+    /// removed it and answered the client with an error; nothing is written.
+    NoJob,
+    /// This worker no longer holds the shard: nothing was written.
+    Fenced,
+}
+
+impl From<Option<Applied>> for Outcome {
+    fn from(applied: Option<Applied>) -> Self {
+        applied.map_or(Outcome::NoJob, |a| Outcome::Finished(Box::new(a)))
+    }
+}
+
+/// Applies a batch exactly once, under `fence` (None: the dead-letter
+/// recorder's and the tests' unfenced use).
 pub async fn apply_batch(
     pool: &PgPool,
     message: &BatchMessage,
-) -> Result<Option<Applied>, StoreError> {
+    fence: Option<&Fence>,
+) -> Result<Outcome, StoreError> {
     let id = message.correlation_id;
     let mut conn = pool.acquire().await?;
     // Committed on its own so every delivery shows in `attempts`, even one
     // whose transaction is lost with the process.
     let Some(job) = jobs::start_attempt(&mut conn, id).await? else {
-        return Ok(None);
+        return Ok(Outcome::NoJob);
     };
     if job.status.is_finished() {
-        return Ok(Applied::earlier(job));
+        return Ok(Applied::earlier(job).into());
     }
     let mut tx = conn.begin().await?;
     let Some(job) = jobs::lock(&mut tx, id).await? else {
-        return Ok(None);
+        return Ok(Outcome::NoJob);
     };
     if job.status.is_finished() {
         // A concurrent delivery of the same message finished it first.
         tx.commit().await?;
-        return Ok(Applied::earlier(job));
+        return Ok(Applied::earlier(job).into());
+    }
+    if !holds(&mut tx, fence).await? {
+        return Ok(Outcome::Fenced);
     }
     let (outcome, violations) = if message.dry_run {
         // The whole apply runs, inside a savepoint rolled back at once: the
@@ -68,9 +93,7 @@ pub async fn apply_batch(
     if !violations.is_empty() {
         tx.rollback().await?;
         let error = JobError::company_access_violation(violations);
-        return Ok(Applied::now(
-            jobs::finish_failed(&mut conn, id, &error).await?,
-        ));
+        return fail_job_on(&mut conn, id, &error, fence).await;
     }
     let job = jobs::finish_succeeded(
         &mut tx,
@@ -81,7 +104,15 @@ pub async fn apply_batch(
     )
     .await?;
     tx.commit().await?;
-    Ok(Applied::now(Some(job)))
+    Ok(Applied::now(Some(job)).into())
+}
+
+/// The fence check, where there is a fence.
+async fn holds(conn: &mut sqlx::PgConnection, fence: Option<&Fence>) -> Result<bool, StoreError> {
+    match fence {
+        Some(fence) => Ok(leases::fence(conn, fence).await?),
+        None => Ok(true),
+    }
 }
 
 /// Upserts the batch and lists the items that touch another company's data
@@ -98,14 +129,31 @@ async fn check_and_upsert(
     Ok((outcome, violations))
 }
 
-/// Marks the job of an unusable message failed (if it still runs).
+/// Marks the job of an unusable message failed (if it still runs), under
+/// `fence` where there is one.
 pub async fn fail_job(
     pool: &PgPool,
     id: uuid::Uuid,
     error: &JobError,
-) -> Result<Option<Job>, StoreError> {
+    fence: Option<&Fence>,
+) -> Result<Outcome, StoreError> {
     let mut conn = pool.acquire().await?;
-    Ok(jobs::finish_failed(&mut conn, id, error).await?)
+    fail_job_on(&mut conn, id, error, fence).await
+}
+
+async fn fail_job_on(
+    conn: &mut sqlx::PgConnection,
+    id: uuid::Uuid,
+    error: &JobError,
+    fence: Option<&Fence>,
+) -> Result<Outcome, StoreError> {
+    let mut tx = conn.begin().await?;
+    if !holds(&mut tx, fence).await? {
+        return Ok(Outcome::Fenced);
+    }
+    let job = jobs::finish_failed(&mut tx, id, error).await?;
+    tx.commit().await?;
+    Ok(Applied::now(job).into())
 }
 
 fn count(n: usize) -> i32 {

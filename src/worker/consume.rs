@@ -1,22 +1,22 @@
-//! The consume loop: one task per shard, strictly in delivery order.
+//! A worker's core: what it is made of, and how it handles one delivery —
+//! apply, record, publish the result — whatever shard it came from.
 
-use super::apply::{apply_batch, describe, fail_job};
-use super::dead_letters::DeadLetterRecorder;
-use super::delivery::{correlation_id, record_completion, settle, trace_context, Disposition};
+use super::apply::{apply_batch, describe, fail_job, Outcome};
+use super::delivery::{correlation_id, record_completion, trace_context, Disposition};
 use super::retry::{retry_in_place, GaveUp};
 use crate::queue::{BatchMessage, Publisher, Topology};
-use crate::store::{Job, JobError};
+use crate::store::{leases::Fence, Job, JobError};
 use crate::telemetry::{metrics as m, trace::TraceContext};
-use futures_util::StreamExt;
 use lapin::{
     message::Delivery,
     options::{BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
+    uri::AMQPUri,
     Channel, Connection, ConnectionProperties, Consumer,
 };
 use sqlx::PgPool;
 use std::{sync::Arc, time::Duration};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -44,24 +44,60 @@ async fn within_setup_timeout<T>(
     }
 }
 
-/// A worker: consumes every shard's request queue (single active consumer
-/// per shard, so several workers share the shards and fail over).
+/// What a worker is made of and shares among its tasks: the database, the
+/// result publisher, its identity in the membership and how it reaches the
+/// broker.
 #[derive(Clone)]
 pub struct Worker {
-    pool: PgPool,
+    pub(super) pool: PgPool,
     publisher: Arc<Publisher>,
-    amqp_url: String,
+    /// The broker URL for consuming, with the AMQP heartbeat set (see
+    /// [`consumer_uri`]).
+    amqp: AMQPUri,
     prefetch: u16,
+    pub(super) id: Uuid,
+    pub(super) leases: LeaseTiming,
+}
+
+/// How long a lease lasts and how often it is renewed.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTiming {
+    pub ttl: Duration,
+    pub heartbeat: Duration,
+}
+
+/// The consumers' broker URL: `url`, with an AMQP heartbeat of half the
+/// lease TTL unless the URL sets one. The broker gives a consumer's
+/// messages back only once it sees the connection dead, and a paused
+/// process keeps its TCP connection open: the heartbeat is what bounds how
+/// long a paused worker's shard waits for its successor.
+pub fn consumer_uri(url: &str, ttl: Duration) -> Result<AMQPUri, String> {
+    let mut uri: AMQPUri = url.parse()?;
+    if uri.query.heartbeat.is_none() {
+        let seconds = (ttl.as_secs() / 2).max(1);
+        uri.query.heartbeat = Some(u16::try_from(seconds).unwrap_or(u16::MAX));
+    }
+    Ok(uri)
 }
 
 impl Worker {
-    /// A worker applying to `pool` and publishing results with `publisher`.
-    pub fn new(pool: PgPool, publisher: Arc<Publisher>, amqp_url: &str, prefetch: u16) -> Self {
+    /// A worker with identity `id`, applying to `pool` and publishing
+    /// results with `publisher`.
+    pub fn new(
+        id: Uuid,
+        pool: PgPool,
+        publisher: Arc<Publisher>,
+        amqp: AMQPUri,
+        prefetch: u16,
+        leases: LeaseTiming,
+    ) -> Self {
         Worker {
             pool,
             publisher,
-            amqp_url: amqp_url.to_owned(),
+            amqp,
             prefetch,
+            id,
+            leases,
         }
     }
 
@@ -70,206 +106,64 @@ impl Worker {
         self.topology().delivery_limit
     }
 
-    fn topology(&self) -> &Topology {
+    pub(super) fn topology(&self) -> &Topology {
         self.publisher.topology()
     }
 
-    /// Consumes until `stop` fires, reconnecting after broker failures.
-    pub async fn run(self, stop: CancellationToken) {
-        let mut pause = Duration::from_millis(200);
-        while !stop.is_cancelled() {
-            match self.consume_all(&stop).await {
-                Ok(()) => pause = Duration::from_millis(200),
-                Err(error) => {
-                    tracing::warn!(%error, ?pause, "worker lost the broker; reconnecting");
-                }
-            }
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(pause) => {}
-            }
-            pause = (pause * 2).min(Duration::from_secs(5));
-        }
+    /// Runs until `stop` fires: the membership (which claims shards and
+    /// runs their consumers) and the dead-letter recorder. On `stop`, the
+    /// shards are handed over before this returns.
+    pub async fn run(self, stop: CancellationToken, status: watch::Sender<super::Status>) {
+        let recorder = tokio::spawn(super::dead_letters::run(self.clone(), stop.clone()));
+        super::membership::run(self, status, stop).await;
+        let _ = recorder.await;
         tracing::info!("worker stopped");
     }
 
-    /// One connection's life: a channel and a consumer per shard, plus the
-    /// dead-letter recorder.
-    async fn consume_all(&self, stop: &CancellationToken) -> Result<(), lapin::Error> {
-        let connection = Arc::new(within_setup_timeout(self.connect()).await?);
-
-        // Ends this connection's tasks when the connection fails, without
-        // stopping the worker.
-        let session = stop.child_token();
-        let mut tasks = JoinSet::new();
-        for shard in 0..self.topology().shards {
-            let worker = self.clone();
-            let connection = connection.clone();
-            let session = session.clone();
-            tasks.spawn(async move { worker.run_shard(&connection, shard, &session).await });
-        }
-        let worker = self.clone();
-        let recorder_connection = connection.clone();
-        let recorder_session = session.clone();
-        tasks.spawn(async move {
-            worker
-                .run_dead_letter_recorder(&recorder_connection, &recorder_session)
-                .await
-        });
-        tracing::info!(shards = self.topology().shards, "worker consuming");
-
-        let mut outcome = Ok(());
-        while let Some(joined) = tasks.join_next().await {
-            if let Ok(Err(e)) = joined {
-                // The connection is gone: the broker returns every unacked
-                // message as it notices, atomically with failing over.
-                outcome = Err(e);
-                session.cancel();
-            }
-        }
-        if outcome.is_ok() {
-            // Stopping. Closing consumers gracefully would let RabbitMQ 3.x
-            // activate the next single active consumer while a message
-            // delivered to us is still checked out, and that message would
-            // then be applied after its successor. So the connection is left
-            // to close with the process: the broker sees it go and returns
-            // what we held in one step, in order.
-            std::mem::forget(connection);
-        }
-        outcome
+    /// Connects (bounded by the set-up timeout) and declares the topology.
+    pub(super) async fn connect(&self, role: &str) -> Result<Connection, lapin::Error> {
+        within_setup_timeout(async {
+            let properties = ConnectionProperties::default()
+                .with_connection_name(format!("sync-ingest worker {role}").into());
+            let connection = Connection::connect_uri(self.amqp.clone(), properties).await?;
+            let setup = connection.create_channel().await?;
+            self.topology().declare(&setup).await?;
+            let _ = setup.close(200, "declared".into()).await;
+            Ok(connection)
+        })
+        .await
     }
 
-    /// Connects and declares the topology.
-    async fn connect(&self) -> Result<Connection, lapin::Error> {
-        let properties =
-            ConnectionProperties::default().with_connection_name("sync-ingest worker".into());
-        let connection = Connection::connect(&self.amqp_url, properties).await?;
-        let setup = connection.create_channel().await?;
-        self.topology().declare(&setup).await?;
-        let _ = setup.close(200, "declared".into()).await;
-        Ok(connection)
-    }
-
-    /// Runs the dead-letter recorder, reopening its channel if it fails
-    /// while the connection is up.
-    async fn run_dead_letter_recorder(
+    /// A channel consuming `queue` with the worker's prefetch.
+    pub(super) async fn subscribe(
         &self,
         connection: &Connection,
-        stop: &CancellationToken,
-    ) -> Result<(), lapin::Error> {
-        let recorder = DeadLetterRecorder::new(self.clone());
-        loop {
-            let (channel, consumer) = self
-                .open_consumer(connection, self.topology().dead_jobs(), "dead-letters")
+        queue: String,
+        tag: &str,
+    ) -> Result<(Channel, Consumer), lapin::Error> {
+        within_setup_timeout(async {
+            let channel = connection.create_channel().await?;
+            channel
+                .basic_qos(self.prefetch, BasicQosOptions::default())
                 .await?;
-            match recorder.run(consumer, stop).await {
-                Ok(()) => {
-                    let _ = channel.close(200, "stopping".into()).await;
-                    return Ok(());
-                }
-                Err(error) if connection.status().connected() && !stop.is_cancelled() => {
-                    tracing::warn!(%error, "dead-letter channel failed; reopening it");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(error) => return Err(error),
-            }
-        }
-    }
-
-    async fn open_consumer(
-        &self,
-        connection: &Connection,
-        queue: String,
-        tag: &str,
-    ) -> Result<(Channel, Consumer), lapin::Error> {
-        within_setup_timeout(self.subscribe(connection, queue, tag)).await
-    }
-
-    async fn subscribe(
-        &self,
-        connection: &Connection,
-        queue: String,
-        tag: &str,
-    ) -> Result<(Channel, Consumer), lapin::Error> {
-        let channel = connection.create_channel().await?;
-        channel
-            .basic_qos(self.prefetch, BasicQosOptions::default())
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                format!("{tag}-{}", std::process::id()).into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        Ok((channel, consumer))
-    }
-
-    /// Consumes one shard until stopped. A failed channel (the connection
-    /// still up) is reopened; the broker returned its messages when it closed
-    /// it. A failed connection ends the shard.
-    async fn run_shard(
-        &self,
-        connection: &Connection,
-        shard: u16,
-        stop: &CancellationToken,
-    ) -> Result<(), lapin::Error> {
-        loop {
-            let (channel, mut consumer) = self
-                .open_consumer(
-                    connection,
-                    self.topology().request_queue(shard),
-                    &format!("worker-{shard}"),
+            let consumer = channel
+                .basic_consume(
+                    queue.into(),
+                    format!("{tag}-{}", std::process::id()).into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
                 )
                 .await?;
-            match self.consume_shard(shard, &mut consumer, stop).await {
-                Ok(()) => {
-                    // See `consume_all`: no graceful cancel while stopping.
-                    std::mem::forget(consumer);
-                    std::mem::forget(channel);
-                    return Ok(());
-                }
-                Err(error) if connection.status().connected() && !stop.is_cancelled() => {
-                    tracing::warn!(shard, %error, "shard channel failed; reopening it");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(error) => return Err(error),
-            }
-        }
+            Ok((channel, consumer))
+        })
+        .await
     }
 
-    async fn consume_shard(
+    /// Handles one delivery of the shard `fence` names, behind a panic
+    /// boundary.
+    pub(super) async fn handle(
         &self,
-        shard: u16,
-        consumer: &mut Consumer,
-        stop: &CancellationToken,
-    ) -> Result<(), lapin::Error> {
-        loop {
-            // Only between messages: the batch in hand is always finished.
-            let next = tokio::select! {
-                biased;
-                _ = stop.cancelled() => return Ok(()),
-                next = consumer.next() => next,
-            };
-            let delivery = match next {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(e)) => return Err(e),
-                None => {
-                    return Err(lapin::Error::from(
-                        lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
-                    ))
-                }
-            };
-            let disposition = self.handle(shard, &delivery, stop).await;
-            settle(&delivery, disposition).await?;
-        }
-    }
-
-    /// Handles one delivery behind a panic boundary.
-    async fn handle(
-        &self,
-        shard: u16,
+        fence: Fence,
         delivery: &Delivery,
         stop: &CancellationToken,
     ) -> Disposition {
@@ -281,7 +175,8 @@ impl Worker {
         let stop_inner = stop.clone();
         let span = tracing::info_span!(
             "job",
-            shard,
+            shard = fence.lease.shard,
+            epoch = fence.lease.epoch,
             correlation_id = tracing::field::Empty,
             entity = tracing::field::Empty,
             trace_id = tracing::field::Empty,
@@ -292,7 +187,7 @@ impl Worker {
         let task = tokio::spawn(
             async move {
                 worker
-                    .process(&data, properties_id, redelivered, trace, &stop_inner)
+                    .process(&data, properties_id, redelivered, trace, fence, &stop_inner)
                     .await
             }
             .instrument(span),
@@ -315,6 +210,7 @@ impl Worker {
         properties_id: Option<Uuid>,
         redelivered: bool,
         trace: Option<TraceContext>,
+        fence: Fence,
         stop: &CancellationToken,
     ) -> Disposition {
         let message = match BatchMessage::from_json(data) {
@@ -323,8 +219,9 @@ impl Worker {
                 tracing::error!(%error, correlation_id = ?properties_id, "unreadable message");
                 if let Some(id) = properties_id {
                     let job_error = JobError::invalid_message(&error.to_string());
-                    if !self.finish_failed(id, job_error, trace, stop).await {
-                        return Disposition::Requeue;
+                    let failed = self.finish_failed(id, job_error, trace, Some(fence), stop);
+                    if let Some(unfinished) = failed.await {
+                        return unfinished;
                     }
                 }
                 return Disposition::DeadLetter;
@@ -346,36 +243,28 @@ impl Worker {
             "apply",
             PERMANENT_TRIES,
             crate::store::StoreError::is_transient,
-            || apply_batch(&self.pool, &message),
+            || apply_batch(&self.pool, &message, Some(&fence)),
         )
         .await;
         let job = match applied {
-            Ok(Some(applied)) => {
+            Ok(Outcome::Finished(applied)) => {
                 if applied.just_finished {
                     record_completion(&applied.job, started.elapsed());
                 }
                 applied.job
             }
-            Ok(None) => {
+            Ok(Outcome::NoJob) => {
                 tracing::warn!("no job for this message (publish was not confirmed); dropping it");
                 return Disposition::Ack;
             }
-            Err(GaveUp::Stopping) => return Disposition::Requeue,
+            Ok(Outcome::Fenced) => return Disposition::Fenced,
+            Err(GaveUp::Stopping) => return Disposition::GiveBack,
             Err(GaveUp::Permanent(error)) => {
                 tracing::error!(%error, "batch cannot be applied");
-                let attempts = PERMANENT_TRIES;
-                if !self
-                    .finish_failed(
-                        message.correlation_id,
-                        JobError::retries_exhausted(attempts),
-                        trace,
-                        stop,
-                    )
-                    .await
-                {
-                    return Disposition::Requeue;
-                }
-                return Disposition::Ack;
+                let error = JobError::retries_exhausted(PERMANENT_TRIES);
+                let failed =
+                    self.finish_failed(message.correlation_id, error, trace, Some(fence), stop);
+                return failed.await.unwrap_or(Disposition::Ack);
             }
         };
         tracing::info!(
@@ -389,34 +278,43 @@ impl Worker {
         if self.publish_result(&job, trace, stop).await {
             Disposition::Ack
         } else {
-            Disposition::Requeue
+            Disposition::GiveBack
         }
     }
 
-    /// Fails a job for good and publishes its result; false if interrupted
-    /// by shutdown.
+    /// Fails a job for good (under `fence`, where there is one) and
+    /// publishes its result. None when done; otherwise what to do with the
+    /// delivery instead: give it back (stopping) or drop the shard (fenced).
     pub(super) async fn finish_failed(
         &self,
         id: Uuid,
         error: JobError,
         trace: Option<TraceContext>,
+        fence: Option<Fence>,
         stop: &CancellationToken,
-    ) -> bool {
+    ) -> Option<Disposition> {
         let failed = retry_in_place(
             stop,
             "fail_job",
             PERMANENT_TRIES,
             crate::store::StoreError::is_transient,
-            || fail_job(&self.pool, id, &error),
+            || fail_job(&self.pool, id, &error, fence.as_ref()),
         )
         .await;
         match failed {
-            Ok(Some(job)) => self.publish_result(&job, trace, stop).await,
-            Ok(None) => true,
-            Err(GaveUp::Stopping) => false,
+            Ok(Outcome::Finished(applied)) => {
+                if self.publish_result(&applied.job, trace, stop).await {
+                    None
+                } else {
+                    Some(Disposition::GiveBack)
+                }
+            }
+            Ok(Outcome::NoJob) => None,
+            Ok(Outcome::Fenced) => Some(Disposition::Fenced),
+            Err(GaveUp::Stopping) => Some(Disposition::GiveBack),
             Err(GaveUp::Permanent(e)) => {
                 tracing::error!(error = %e, "could not record the job's failure");
-                true
+                None
             }
         }
     }

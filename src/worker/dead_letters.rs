@@ -6,11 +6,44 @@
 
 use super::consume::Worker;
 use super::delivery::{correlation_id, settle, trace_context, Disposition};
+use super::shard::close;
 use crate::store::JobError;
 use crate::telemetry::metrics as m;
 use futures_util::StreamExt;
 use lapin::{message::Delivery, types::AMQPValue, Consumer};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// Runs the recorder on a connection of its own until `stop` fires,
+/// reconnecting after broker failures. Every worker runs one; the broker
+/// hands each dead letter to one of them.
+pub(super) async fn run(worker: Worker, stop: CancellationToken) {
+    let recorder = DeadLetterRecorder::new(worker.clone());
+    let mut pause = Duration::from_millis(200);
+    while !stop.is_cancelled() {
+        let outcome = match worker.connect("dead letters").await {
+            Ok(connection) => {
+                let queue = worker.topology().dead_jobs();
+                let outcome = match worker.subscribe(&connection, queue, "dead-letters").await {
+                    Ok((_channel, consumer)) => recorder.run(consumer, &stop).await,
+                    Err(error) => Err(error),
+                };
+                close(&connection).await;
+                outcome
+            }
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok(()) => pause = Duration::from_millis(200),
+            Err(error) => tracing::warn!(%error, ?pause, "dead-letter recorder lost the broker"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
 
 /// Consumes `{prefix}.dead.jobs`.
 pub struct DeadLetterRecorder {
@@ -41,6 +74,9 @@ impl DeadLetterRecorder {
             };
             let disposition = self.record(&delivery, stop).await;
             settle(&delivery, disposition).await?;
+            if disposition == Disposition::GiveBack {
+                return Ok(());
+            }
         }
     }
 
@@ -55,13 +91,13 @@ impl DeadLetterRecorder {
             } else {
                 JobError::invalid_message(&format!("the message was dead-lettered ({reason})"))
             };
-            // Only a job that has not finished yet is changed.
-            if !self
+            // Only a job that has not finished yet is changed. Dead letters
+            // belong to no shard: there is no lease to fence with.
+            let failed = self
                 .worker
-                .finish_failed(id, error, trace_context(delivery), stop)
-                .await
-            {
-                return Disposition::Requeue;
+                .finish_failed(id, error, trace_context(delivery), None, stop);
+            if let Some(unfinished) = failed.await {
+                return unfinished;
             }
         }
         metrics::counter!(m::DEAD_LETTERED, "entity" => entity).increment(1);

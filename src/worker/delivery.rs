@@ -17,8 +17,16 @@ pub(super) enum Disposition {
     Ack,
     /// Unusable: to the dead-letter queue.
     DeadLetter,
-    /// Not finished because the process is going away: deliver again.
+    /// Applying it panicked: deliver it again (a message that keeps doing so
+    /// reaches the delivery limit and is dead-lettered).
     Requeue,
+    /// Not finished because the consumer is stopping: left unsettled, and
+    /// given back when the consumer closes its connection — which returns
+    /// everything it held in one step, ahead of the ready messages.
+    GiveBack,
+    /// This worker no longer holds the shard: nothing was written; given
+    /// back like `GiveBack`, and the shard's consumer stops.
+    Fenced,
 }
 
 pub(super) fn record_completion(job: &Job, apply: Duration) {
@@ -60,6 +68,7 @@ pub(super) async fn settle(
             })
             .await
             .map(drop),
+        Disposition::GiveBack | Disposition::Fenced => Ok(()),
     }
 }
 

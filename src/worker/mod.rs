@@ -1,11 +1,16 @@
-//! The worker: consumes request queues shard by shard, applies each batch,
-//! publishes its result, then acks.
+//! The worker: joins the membership, holds its share of the shards, and
+//! consumes each held shard's request queue — apply each batch, publish its
+//! result, then ack.
 
 mod apply;
 mod consume;
 mod dead_letters;
 mod delivery;
+mod membership;
+mod plan;
 mod retry;
+mod shard;
 
-pub use apply::apply_batch;
-pub use consume::Worker;
+pub use apply::{apply_batch, Outcome};
+pub use consume::{consumer_uri, LeaseTiming, Worker};
+pub use membership::Status;

@@ -7,6 +7,7 @@ mod helpers;
 mod auth;
 mod contract;
 mod entities;
+mod leases;
 mod push;
 mod recorder;
 mod smoke;

@@ -181,6 +181,60 @@ impl Cluster {
         }
     }
 
+    /// SIGSTOP (`pause`) or SIGCONT of worker `index`: a frozen process
+    /// keeps its connections open.
+    pub fn signal_worker(&self, index: usize, signal: &str) {
+        let pid = self.workers[index]
+            .as_ref()
+            .expect("worker running")
+            .child
+            .id();
+        sh(&format!("kill -{signal} {pid}"));
+    }
+
+    /// The shards worker `index` holds, from its `/readyz` (None while it
+    /// does not answer, or is not a current member).
+    pub async fn shards_of(&self, index: usize) -> Option<Vec<u16>> {
+        let process = self.workers.get(index)?.as_ref()?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .ok()?;
+        let url = format!("http://127.0.0.1:{}/readyz", process.ops_port);
+        let response = client.get(url).send().await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let body: serde_json::Value = response.json().await.ok()?;
+        serde_json::from_value(body["shards"].clone()).ok()
+    }
+
+    /// Waits (at most `limit`) until the workers `among` split the shards
+    /// evenly: each holds ⌊S/N⌋ or ⌈S/N⌉ (N ≤ S), none holds a shard twice,
+    /// every shard is held. Returns how long that took and each one's
+    /// shards, or what they held last.
+    pub async fn wait_spread(
+        &self,
+        among: &[usize],
+        limit: Duration,
+    ) -> Result<(Duration, Vec<Vec<u16>>), String> {
+        let started = Instant::now();
+        let mut last = Vec::new();
+        while started.elapsed() < limit {
+            last.clear();
+            for index in among {
+                last.push(self.shards_of(*index).await);
+            }
+            if let Some(held) = last.iter().cloned().collect::<Option<Vec<_>>>() {
+                if is_even_split(self.shards, &held) {
+                    return Ok((started.elapsed(), held));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!("no even split within {limit:?}: {last:?}"))
+    }
+
     /// SIGTERM to worker `index`; returns its exit status and how long it took.
     pub fn terminate_worker(&mut self, index: usize, limit: Duration) -> (Option<i32>, Duration) {
         let mut worker = self.workers[index].take().expect("worker running");
@@ -318,6 +372,18 @@ impl Drop for Cluster {
             let _ = worker.child.kill();
         }
     }
+}
+
+/// True when `held` (one list per worker) covers every one of `shards`
+/// exactly once, each worker with ⌊S/N⌋ or ⌈S/N⌉ of them.
+fn is_even_split(shards: u16, held: &[Vec<u16>]) -> bool {
+    let (s, n) = (usize::from(shards), held.len().max(1));
+    let mut all: Vec<u16> = held.iter().flatten().copied().collect();
+    all.sort_unstable();
+    all == (0..shards).collect::<Vec<_>>()
+        && held
+            .iter()
+            .all(|h| h.len() == s / n || h.len() == s.div_ceil(n))
 }
 
 fn terminate(child: &mut Child, limit: Duration) -> (Option<i32>, Duration) {

@@ -20,7 +20,7 @@ CREATE TRIGGER pieces_slow AFTER INSERT OR UPDATE ON pieces
     FOR EACH STATEMENT EXECUTE FUNCTION slow_apply();
 "#;
 
-async fn slow_down(cluster: &Cluster) {
+pub async fn slow_down(cluster: &Cluster) {
     sqlx::raw_sql(SLOW_APPLY)
         .execute(&cluster.pool)
         .await
@@ -28,18 +28,19 @@ async fn slow_down(cluster: &Cluster) {
 }
 const PAUSE: Duration = Duration::from_millis(15);
 
-/// The set-up of the load scenarios: api, two workers, slow applies (so
-/// faults land inside transactions) and two tenants.
+/// The set-up of the load scenarios: api, three workers sharing four
+/// shards, slow applies (so faults land inside transactions) and two
+/// tenants.
 async fn busy_cluster() -> (Cluster, Vec<Tenant>) {
-    let mut cluster = Cluster::new(2, &[]).await;
+    let mut cluster = Cluster::new(4, &[]).await;
     slow_down(&cluster).await;
     cluster.start_api().await;
-    cluster.start_workers(2);
+    cluster.start_workers(3);
     let tenants = tenants(&cluster, 2).await;
     (cluster, tenants)
 }
 
-async fn tenants(cluster: &Cluster, n: usize) -> Vec<Tenant> {
+pub async fn tenants(cluster: &Cluster, n: usize) -> Vec<Tenant> {
     let mut tenants = Vec::new();
     for _ in 0..n {
         let company = Uuid::new_v4();
@@ -49,11 +50,11 @@ async fn tenants(cluster: &Cluster, n: usize) -> Vec<Tenant> {
     tenants
 }
 
-type Load = Vec<tokio::task::JoinHandle<Vec<Submission>>>;
+pub type Load = Vec<tokio::task::JoinHandle<Vec<Submission>>>;
 
 /// Pushes `batches` per tenant (sequence numbers 1 to `batches`) in the
 /// background.
-fn start_load(cluster: &Cluster, tenants: &[Tenant], batches: i32) -> Load {
+pub fn start_load(cluster: &Cluster, tenants: &[Tenant], batches: i32) -> Load {
     tenants
         .iter()
         .map(|t| tokio::spawn(push(cluster.base(), t.clone(), 1..=batches, PAUSE)))
@@ -79,7 +80,7 @@ fn assert_outage_answers(scenario: &str, submissions: &[Vec<Submission>]) {
 /// second load started while the first still ran, on a machine where the
 /// first outlasted the outage, interleaved its batches with the first's
 /// and the audit called that out of order).
-fn continue_load(
+pub fn continue_load(
     cluster: &Cluster,
     tenants: &[Tenant],
     first: Load,
@@ -99,7 +100,7 @@ fn continue_load(
         .collect()
 }
 
-async fn judge(
+pub async fn judge(
     scenario: &str,
     cluster: &Cluster,
     tenants: &[Tenant],
@@ -188,6 +189,11 @@ async fn outage_scenario(scenario: &str, stop: &str, start: &str, port: u16) {
     );
     let loads = continue_load(&cluster, &tenants, loads, 1001..=1010);
     let (verdict, submissions) = judge(scenario, &cluster, &tenants, loads).await;
+    let (took, spread) = cluster
+        .wait_spread(&[0, 1, 2], Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{scenario}: shards not spread again: {e}"));
+    println!("scenario={scenario} spread_again={spread:?} within={took:?}");
     assert_outage_answers(scenario, &submissions);
     assert_eq!(
         ready_during_outage, 503,

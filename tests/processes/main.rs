@@ -4,10 +4,13 @@
 //!   poison messages, SIGTERM — audited for every batch answered 202 being
 //!   applied exactly once, in order, and nothing else. These scenarios run
 //!   one at a time: some stop the machine's shared RabbitMQ or PostgreSQL.
+//! - `shards` (SPEC §6 "Workers share the shards"): the split over several
+//!   workers, hand-overs under ordered load, a frozen worker fenced off.
 //! - `telemetry` (SPEC §7): metrics scraped from each process, trace context
 //!   across processes, JSON logs.
 
 mod cluster;
 mod faults;
 mod load;
+mod shards;
 mod telemetry;

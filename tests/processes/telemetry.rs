@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 /// The value of one sample line (`name{labels} value`) in a scrape; 0 when
 /// absent (a counter never incremented is not exported).
-fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape
         .lines()
         .filter(|line| !line.starts_with('#'))
@@ -27,7 +27,7 @@ fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn scrape(base: &str) -> String {
+pub async fn scrape(base: &str) -> String {
     reqwest::get(format!("{base}/metrics"))
         .await
         .expect("scrape")
