@@ -2,8 +2,8 @@
 //! `SYNC_JOB_RETENTION_HOURS`, idempotency keys after 24 h. Bounded per run
 //! so a large backlog of old rows never holds long locks.
 
-use crate::store::{idempotency, jobs};
-use sqlx::PgPool;
+use crate::store::{self, idempotency, jobs};
+use sqlx::{PgConnection, PgPool};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -19,19 +19,38 @@ pub struct Purged {
     pub idempotency_keys: u64,
 }
 
-/// Deletes at most `CHUNK * CHUNKS_PER_RUN` rows of each kind.
+/// Deletes at most `CHUNK * CHUNKS_PER_RUN` rows of each kind. Every
+/// process runs the purge, but one at a time does the work: the others
+/// find the purge's lock taken and skip their round.
 pub async fn purge_once(pool: &PgPool, retention_hours: u64) -> Result<Purged, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    if !store::try_lock_session(&mut conn, PURGE_LOCK).await? {
+        return Ok(Purged::default());
+    }
+    let purged = purge_chunks(&mut conn, retention_hours).await;
+    // On error the connection may be gone, and the lock with it.
+    let _ = store::unlock_session(&mut conn, PURGE_LOCK).await;
+    purged
+}
+
+/// The session lock held by the process that purges.
+const PURGE_LOCK: &str = "sync-ingest retention";
+
+async fn purge_chunks(
+    conn: &mut PgConnection,
+    retention_hours: u64,
+) -> Result<Purged, sqlx::Error> {
     let hours = i32::try_from(retention_hours).unwrap_or(i32::MAX);
     let mut purged = Purged::default();
     for _ in 0..CHUNKS_PER_RUN {
-        let n = jobs::purge_finished(pool, hours, CHUNK).await?;
+        let n = jobs::purge_finished(conn, hours, CHUNK).await?;
         purged.jobs += n;
         if n < CHUNK as u64 {
             break;
         }
     }
     for _ in 0..CHUNKS_PER_RUN {
-        let n = idempotency::purge_expired(pool, CHUNK).await?;
+        let n = idempotency::purge_expired(conn, CHUNK).await?;
         purged.idempotency_keys += n;
         if n < CHUNK as u64 {
             break;

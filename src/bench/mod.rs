@@ -122,7 +122,11 @@ pub struct Report {
     /// The best intake run's time in the api and confirm wait (means).
     pub intake_server_time: Option<ServerTime>,
     pub api_peak_rss_mb: Option<f64>,
+    /// The backlog applied by one worker (`drain_by_workers[0]`).
     pub drain: Rate,
+    /// The same backlog applied by 1, 2 and 3 worker processes.
+    pub drain_by_workers: Vec<DrainRun>,
+    /// The highest peak of any worker in the drains.
     pub worker_peak_rss_mb: Option<f64>,
     pub end_to_end: Rate,
     pub end_to_end_job_latency: Latency,
@@ -143,7 +147,99 @@ pub struct Ratios {
     /// Intake against the least any api could do: the api's own share.
     pub intake_vs_relay: f64,
     pub drain_vs_db_upsert: f64,
+    /// What sharing the shards costs or buys: 2 and 3 workers' drain
+    /// against one's (the database is the limit on two cores, so about 1).
+    pub drain_2_workers_vs_1: f64,
+    pub drain_3_workers_vs_1: f64,
     pub end_to_end_vs_db_upsert: f64,
+}
+
+/// One drain: a backlog applied by `workers` worker processes.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainRun {
+    pub workers: usize,
+    pub rate: Rate,
+    pub vs_db_upsert: f64,
+    /// Items/s against the one-worker drain of the same run.
+    pub vs_one_worker: f64,
+    /// Each worker's share of the items applied.
+    pub shares: Vec<f64>,
+}
+
+/// The drains, by number of workers, and the phase each is reported as.
+const DRAIN_PHASES: [(usize, &str); 3] =
+    [(1, "drain"), (2, "drain_2_workers"), (3, "drain_3_workers")];
+
+/// A drain's figures, with its CPU.
+struct Drained {
+    run: DrainRun,
+    cpu: CpuPerItem,
+    load: Option<MachineLoad>,
+    worker_rss: Option<u64>,
+}
+
+/// Starts `workers` workers on `stack`'s backlog of `items` and measures
+/// until every job is finished; then removes the stack.
+async fn drain(
+    mut stack: service::Stack,
+    workers: usize,
+    items: usize,
+    raw_db_per_sec: f64,
+    broker_pid: Option<u32>,
+) -> Result<Drained, BenchError> {
+    const ROLES: [&str; 3] = ["worker", "worker 2", "worker 3"];
+    let started = Instant::now();
+    for _ in 0..workers {
+        stack.start_worker()?;
+    }
+    let roles = ROLES
+        .into_iter()
+        .zip(stack.worker_pids().into_iter().map(Some));
+    let meter = CpuMeter::start(roles)
+        .with("broker", broker_pid)
+        .with_postgres(cpu::postgres(&stack.pool).await);
+    stack.wait_drained(Duration::from_secs(900)).await?;
+    let rate = Rate::new(items, started.elapsed());
+    let load = meter.load();
+    let cpu = meter.settled_per_item(items).await;
+    let applied = stack.items_applied_by_worker().await?;
+    let total: f64 = applied.iter().sum();
+    let shares = applied.iter().map(|a| a / total.max(1.0)).collect();
+    let worker_rss = stack
+        .worker_pids()
+        .into_iter()
+        .filter_map(service::peak_rss)
+        .max();
+    stack.teardown().await;
+    let run = DrainRun {
+        workers,
+        rate,
+        vs_db_upsert: rate.items_per_sec / raw_db_per_sec,
+        vs_one_worker: 1.0,
+        shares,
+    };
+    eprintln!(
+        "bench: drain, {workers} worker(s)  {:>9.0} items/s = {:.2} × raw db; shares {}; {}",
+        rate.items_per_sec,
+        run.vs_db_upsert,
+        shares_of(&run.shares),
+        cpu::describe_phase(&cpu, load)
+    );
+    Ok(Drained {
+        run,
+        cpu,
+        load,
+        worker_rss,
+    })
+}
+
+/// Shares as percentages, for the console.
+fn shares_of(shares: &[f64]) -> String {
+    let shares: Vec<String> = shares
+        .iter()
+        .map(|s| format!("{:.0} %", s * 100.0))
+        .collect();
+    shares.join(" / ")
 }
 
 fn mb(bytes: Option<u64>) -> Option<f64> {
@@ -255,7 +351,7 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
         relay = Some(faster(relay, run, |r| r.rate.items_per_sec));
 
         // 4. Intake, on a stack of its own.
-        let (stack, run) = intake(&base, &loads, args.concurrency, broker_pid).await?;
+        let (stack, run) = intake_run(&base, &loads, args.concurrency, broker_pid).await?;
         last = Some(stack);
         intake_runs.push(run.rate.items_per_sec);
         // The peak of every run: the figure is a bound.
@@ -286,7 +382,7 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
         "bench: intake / raw publish by round: {}",
         by_round.join(", ")
     );
-    let mut stack = last.expect("at least one round");
+    let stack = last.expect("at least one round");
     let best_intake = best.expect("at least one round");
     eprintln!(
         "bench: intake best        {:>9.0} items/s (of {})",
@@ -301,21 +397,30 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
         load: intake_load,
         ..
     } = best_intake;
-    let drain_started = Instant::now();
-    stack.start_worker()?;
-    let meter = CpuMeter::start([("broker", broker_pid), ("worker", stack.worker_pid())])
-        .with_postgres(cpu::postgres(&stack.pool).await);
-    stack.wait_drained(Duration::from_secs(900)).await?;
-    let drain = Rate::new(items, drain_started.elapsed());
-    let drain_load = meter.load();
-    let drain_cpu = meter.settled_per_item(items).await;
-    let (_, worker_rss) = stack.peak_rss();
-    stack.teardown().await;
-    eprintln!(
-        "bench: drain              {:>9.0} items/s; {}",
-        drain.items_per_sec,
-        cpu::describe_phase(&drain_cpu, drain_load)
-    );
+    // 5. Drain: the last intake's backlog with one worker, then a backlog
+    // of its own (queued by an unmeasured intake) with each larger number
+    // of workers, all started at once: they split the shards as they join.
+    let mut drains = Vec::new();
+    let mut worker_rss = None;
+    let mut backlog = Some(stack);
+    for (workers, phase) in DRAIN_PHASES {
+        let stack = match backlog.take() {
+            Some(stack) => stack,
+            None => {
+                intake_run(&base, &loads, args.concurrency, broker_pid)
+                    .await?
+                    .0
+            }
+        };
+        let run = drain(stack, workers, items, raw_db.items_per_sec, broker_pid).await?;
+        worker_rss = worker_rss.max(run.worker_rss);
+        drains.push((phase, run));
+    }
+    let one_worker = drains[0].1.run.rate.items_per_sec;
+    for (_, run) in &mut drains {
+        run.run.vs_one_worker = run.run.rate.items_per_sec / one_worker;
+    }
+    let drain = drains[0].1.run.rate;
 
     // 6. End to end.
     let mut stack = service::Stack::new(&base, "e2e").await?;
@@ -346,6 +451,8 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
         relay_vs_broker_publish: relay.rate.items_per_sec / broker.publish.items_per_sec,
         intake_vs_relay: intake.items_per_sec / relay.rate.items_per_sec,
         drain_vs_db_upsert: drain.items_per_sec / raw_db.items_per_sec,
+        drain_2_workers_vs_1: drains[1].1.run.vs_one_worker,
+        drain_3_workers_vs_1: drains[2].1.run.vs_one_worker,
         end_to_end_vs_db_upsert: end_to_end.items_per_sec / raw_db.items_per_sec,
     };
     let report = Report {
@@ -371,6 +478,7 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
         intake_server_time,
         api_peak_rss_mb: mb(api_rss),
         drain,
+        drain_by_workers: drains.iter().map(|(_, d)| d.run.clone()).collect(),
         worker_peak_rss_mb: mb(worker_rss),
         end_to_end,
         end_to_end_job_latency,
@@ -378,17 +486,19 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
             ("raw_broker_publish", broker.publish_cpu),
             ("relay", relay.cpu),
             ("intake", intake_cpu),
-            ("drain", drain_cpu),
             ("end_to_end", end_to_end_cpu),
-        ]),
+        ])
+        .into_iter()
+        .chain(drains.iter().map(|(phase, d)| (*phase, d.cpu.clone())))
+        .collect(),
         cores_busy: [
             ("raw_broker_publish", broker.publish_load),
             ("relay", relay.load),
             ("intake", intake_load),
-            ("drain", drain_load),
             ("end_to_end", end_to_end_load),
         ]
         .into_iter()
+        .chain(drains.iter().map(|(phase, d)| (*phase, d.load)))
         .filter_map(|(phase, load)| Some((phase, load?)))
         .collect(),
         ratios,
@@ -463,7 +573,7 @@ struct Intake {
 
 /// Submits every batch to a fresh api with no worker, `concurrency`
 /// requests at a time. Returns the stack, its backlog queued.
-async fn intake(
+async fn intake_run(
     base: &Settings,
     loads: &[data::TenantLoad],
     concurrency: usize,
@@ -512,6 +622,7 @@ pub fn summary(report: &Report) -> String {
         "relay      {:>9.0} items/s = {:.2} × raw broker publish (HTTP in front of the broker, nothing else)\n\
          intake     {:>9.0} items/s = {:.2} × raw broker publish ({:.0}/s) = {:.2} × relay; api peak RSS {}\n\
          drain      {:>9.0} items/s = {:.2} × raw db upsert ({:.0}/s); worker peak RSS {}\n\
+         drain by workers {}\n\
          end to end {:>9.0} items/s = {:.2} × raw db upsert; job latency p99 {:.0} ms",
         report.relay.items_per_sec,
         r.relay_vs_broker_publish,
@@ -528,6 +639,18 @@ pub fn summary(report: &Report) -> String {
         report
             .worker_peak_rss_mb
             .map_or("n/a".into(), |m| format!("{m:.0} MB")),
+        report
+            .drain_by_workers
+            .iter()
+            .map(|d| format!(
+                "{}: {:.0}/s = {:.2} × one worker (shares {})",
+                d.workers,
+                d.rate.items_per_sec,
+                d.vs_one_worker,
+                shares_of(&d.shares)
+            ))
+            .collect::<Vec<_>>()
+            .join("; "),
         report.end_to_end.items_per_sec,
         r.end_to_end_vs_db_upsert,
         report.end_to_end_job_latency.p99_ms,

@@ -32,7 +32,8 @@ pub struct Stack {
     pub pool: PgPool,
     /// The api's process, HTTP port and ops port.
     api: Option<(Child, u16, u16)>,
-    workers: Vec<Child>,
+    /// The workers' processes and ops ports.
+    workers: Vec<(Child, u16)>,
 }
 
 fn free_port() -> Result<u16, BenchError> {
@@ -113,10 +114,11 @@ impl Stack {
         Err(BenchError::Service("the api did not become ready".into()))
     }
 
-    /// Starts one worker process (it consumes every shard).
+    /// Starts one worker process (it takes its share of the shards).
     pub fn start_worker(&mut self) -> Result<(), BenchError> {
-        let worker = self.spawn("worker", None, free_port()?)?;
-        self.workers.push(worker);
+        let ops_port = free_port()?;
+        let worker = self.spawn("worker", None, ops_port)?;
+        self.workers.push((worker, ops_port));
         Ok(())
     }
 
@@ -137,7 +139,24 @@ impl Stack {
 
     /// The first worker's process id.
     pub fn worker_pid(&self) -> Option<u32> {
-        self.workers.first().map(Child::id)
+        self.worker_pids().first().copied()
+    }
+
+    /// Every worker's process id.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.workers.iter().map(|(w, _)| w.id()).collect()
+    }
+
+    /// Items each worker applied, from its metrics.
+    pub async fn items_applied_by_worker(&self) -> Result<Vec<f64>, BenchError> {
+        let mut applied = Vec::new();
+        for (_, ops_port) in &self.workers {
+            let url = format!("http://127.0.0.1:{ops_port}/metrics");
+            let exposition = reqwest::get(url).await?.error_for_status()?.text().await?;
+            let name = crate::telemetry::metrics::ITEMS_APPLIED;
+            applied.push(super::stats::counter_total(&exposition, name, &[]));
+        }
+        Ok(applied)
     }
 
     /// Peak RSS of the api and of the first worker.
@@ -258,7 +277,7 @@ impl Stack {
             let _ = api.kill();
             let _ = api.wait();
         }
-        for mut worker in self.workers.drain(..) {
+        for (mut worker, _) in self.workers.drain(..) {
             let _ = worker.kill();
             let _ = worker.wait();
         }
@@ -348,7 +367,7 @@ impl Drop for Stack {
         if let Some((api, _, _)) = &mut self.api {
             let _ = api.kill();
         }
-        for worker in &mut self.workers {
+        for (worker, _) in &mut self.workers {
             let _ = worker.kill();
         }
     }

@@ -58,24 +58,36 @@ pub struct Totals {
     pub count: f64,
 }
 
+/// The samples of a text exposition whose labels include `labels`, as
+/// (metric name, value).
+fn samples<'a>(
+    exposition: &'a str,
+    labels: &'a [(&str, &str)],
+) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+    exposition.lines().filter_map(move |line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let value = value.parse::<f64>().ok()?;
+        let (metric, series_labels) = series.split_once('{').unwrap_or((series, ""));
+        labels
+            .iter()
+            .all(|(key, wanted)| series_labels.contains(&format!("{key}=\"{wanted}\"")))
+            .then_some((metric, value))
+    })
+}
+
+/// The sum of counter `name`'s series with `labels` in a text exposition.
+pub fn counter_total(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples(exposition, labels)
+        .filter(|(metric, _)| *metric == name)
+        // (`sum()` of no f64 is -0.0.)
+        .fold(0.0, |total, (_, value)| total + value)
+}
+
 impl Totals {
     /// Reads `name`'s `_sum` and `_count` from a text exposition.
     pub fn read(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Totals {
         let mut totals = Totals::default();
-        for line in exposition.lines() {
-            let Some((series, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let Ok(value) = value.parse::<f64>() else {
-                continue;
-            };
-            let (metric, series_labels) = series.split_once('{').unwrap_or((series, ""));
-            let matches = labels
-                .iter()
-                .all(|(key, wanted)| series_labels.contains(&format!("{key}=\"{wanted}\"")));
-            if !matches {
-                continue;
-            }
+        for (metric, value) in samples(exposition, labels) {
             match metric.strip_prefix(name) {
                 Some("_sum") => totals.sum += value,
                 Some("_count") => totals.count += value,
@@ -133,6 +145,26 @@ sync_http_request_duration_seconds_count{method=\"GET\",route=\"/healthz\"} 50
             Totals::read(EXPOSITION, "sync_other", &[]),
             Totals::default()
         );
+    }
+
+    #[test]
+    fn counters_are_summed_over_the_series_with_the_labels_asked() {
+        let exposition = "\
+# TYPE sync_items_applied_total counter
+sync_items_applied_total{entity=\"pieces\",op=\"inserted\"} 700
+sync_items_applied_total{entity=\"pieces\",op=\"updated\"} 300
+sync_items_applied_total_other 5
+";
+        assert_eq!(
+            counter_total(exposition, "sync_items_applied_total", &[]),
+            1000.0
+        );
+        let inserted = [("op", "inserted")];
+        assert_eq!(
+            counter_total(exposition, "sync_items_applied_total", &inserted),
+            700.0
+        );
+        assert_eq!(counter_total(exposition, "sync_other", &[]), 0.0);
     }
 
     #[test]

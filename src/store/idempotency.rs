@@ -1,7 +1,7 @@
 //! Idempotency keys: a retried request with the same key and body gets the
 //! original job back instead of a second one.
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// How long a key is remembered.
@@ -63,14 +63,14 @@ pub async fn record(
 }
 
 /// Deletes up to `limit` expired keys; returns how many.
-pub async fn purge_expired(pool: &PgPool, limit: i64) -> Result<u64, sqlx::Error> {
+pub async fn purge_expired(conn: &mut PgConnection, limit: i64) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "DELETE FROM idempotency_keys WHERE ctid IN (SELECT ctid FROM idempotency_keys \
          WHERE created_at < now() - make_interval(hours => $1) LIMIT $2)",
     )
     .bind(KEY_LIFETIME_HOURS)
     .bind(limit)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(done.rows_affected())
 }

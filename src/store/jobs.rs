@@ -353,14 +353,18 @@ pub async fn recently_finished_by_shard(
 }
 
 /// Deletes up to `limit` jobs finished more than `hours` ago; returns how many.
-pub async fn purge_finished(pool: &PgPool, hours: i32, limit: i64) -> Result<u64, sqlx::Error> {
+pub async fn purge_finished(
+    conn: &mut PgConnection,
+    hours: i32,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "DELETE FROM sync_jobs WHERE correlation_id IN (SELECT correlation_id FROM sync_jobs \
          WHERE completed_at < now() - make_interval(hours => $1) LIMIT $2)",
     )
     .bind(hours)
     .bind(limit)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(done.rows_affected())
 }

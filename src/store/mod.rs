@@ -14,7 +14,7 @@ pub use recorder::{JobRecorder, RecordError};
 use sqlx::{
     migrate::MigrateError,
     postgres::{PgConnectOptions, PgPoolOptions},
-    ConnectOptions, Connection, PgPool,
+    ConnectOptions, Connection, PgConnection, PgPool,
 };
 use std::{str::FromStr, time::Duration};
 
@@ -141,6 +141,24 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), St
         }
     }
     admin.close().await?;
+    Ok(())
+}
+
+/// Takes the session-level advisory lock named `name` if it is free; it is
+/// held until [`unlock_session`] or the end of the session.
+pub async fn try_lock_session(conn: &mut PgConnection, name: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+        .bind(name)
+        .fetch_one(conn)
+        .await
+}
+
+/// Releases a lock taken with [`try_lock_session`].
+pub async fn unlock_session(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+        .bind(name)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

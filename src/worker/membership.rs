@@ -149,6 +149,13 @@ impl Membership {
     async fn beat(&mut self) -> bool {
         let sent = Instant::now();
         let (ttl, shards) = (self.worker.leases.ttl, self.worker.topology().shards);
+        if self.renewed.is_none() {
+            // Before the first heartbeat: every shard needs its lease row
+            // for the heartbeat to see it free.
+            if let Err(error) = leases::ensure_shards(&self.worker.pool, shards).await {
+                tracing::warn!(%error, "cannot create the shard leases");
+            }
+        }
         let standing =
             match leases::heartbeat(&self.worker.pool, self.worker.id, &self.name, shards, ttl)
                 .await
@@ -166,12 +173,6 @@ impl Membership {
                     return false;
                 }
             };
-        if self.renewed.is_none() {
-            // First heartbeat: make sure every shard has its lease row.
-            if let Err(error) = leases::ensure_shards(&self.worker.pool, shards).await {
-                tracing::warn!(%error, "cannot create the shard leases");
-            }
-        }
         self.renewed = Some(sent);
         if standing.joined {
             tracing::info!(worker = %self.worker.id, members = standing.members.len(), "joined the workers");
