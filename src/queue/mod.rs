@@ -2,6 +2,7 @@
 
 pub mod envelope;
 pub mod publisher;
+pub mod reconnect;
 pub mod results;
 pub mod topology;
 

@@ -110,18 +110,11 @@ pub async fn listen(
     bound: watch::Sender<bool>,
     stop: CancellationToken,
 ) {
-    let mut pause = Duration::from_millis(200);
-    while !stop.is_cancelled() {
-        match listen_once(&url, &topology, &waiters, &bound, &stop).await {
-            Ok(()) => pause = Duration::from_millis(200),
-            Err(error) => tracing::warn!(%error, ?pause, "results listener lost the broker"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(pause) => {}
-        }
-        pause = (pause * 2).min(Duration::from_secs(5));
-    }
+    let session = || async {
+        listen_once(&url, &topology, &waiters, &bound, &stop).await?;
+        Ok(None::<()>)
+    };
+    super::reconnect::until_done(&stop, "results listener", session).await;
 }
 
 async fn listen_once(

@@ -7,11 +7,11 @@
 use super::consume::Worker;
 use super::delivery::{correlation_id, settle, trace_context, Disposition};
 use super::shard::close;
+use crate::queue::reconnect::until_done;
 use crate::store::JobError;
 use crate::telemetry::metrics as m;
 use futures_util::StreamExt;
 use lapin::{message::Delivery, types::AMQPValue, Consumer};
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Runs the recorder on a connection of its own until `stop` fires,
@@ -19,30 +19,17 @@ use tokio_util::sync::CancellationToken;
 /// hands each dead letter to one of them.
 pub(super) async fn run(worker: Worker, stop: CancellationToken) {
     let recorder = DeadLetterRecorder::new(worker.clone());
-    let mut pause = Duration::from_millis(200);
-    while !stop.is_cancelled() {
-        let outcome = match worker.connect("dead letters").await {
-            Ok(connection) => {
-                let queue = worker.topology().dead_jobs();
-                let outcome = match worker.subscribe(&connection, queue, "dead-letters").await {
-                    Ok((_channel, consumer)) => recorder.run(consumer, &stop).await,
-                    Err(error) => Err(error),
-                };
-                close(&connection).await;
-                outcome
-            }
+    let session = || async {
+        let connection = worker.connect("dead letters").await?;
+        let queue = worker.topology().dead_jobs();
+        let recorded = match worker.subscribe(&connection, queue, "dead-letters").await {
+            Ok((_channel, consumer)) => recorder.run(consumer, &stop).await,
             Err(error) => Err(error),
         };
-        match outcome {
-            Ok(()) => pause = Duration::from_millis(200),
-            Err(error) => tracing::warn!(%error, ?pause, "dead-letter recorder lost the broker"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(pause) => {}
-        }
-        pause = (pause * 2).min(Duration::from_secs(5));
-    }
+        close(&connection).await;
+        recorded.map(|()| None::<()>)
+    };
+    until_done(&stop, "dead-letter recorder", session).await;
 }
 
 /// Consumes `{prefix}.dead.jobs`.

@@ -137,6 +137,14 @@ async fn announced(listener: &mut Option<PgListener>) {
 }
 
 impl Membership {
+    /// The shards held and not being given up.
+    fn kept(&self) -> impl Iterator<Item = u16> + '_ {
+        self.held
+            .iter()
+            .filter(|(_, h)| h.leaving.is_none())
+            .map(|(shard, _)| *shard)
+    }
+
     fn fence(&self, lease: Lease) -> Fence {
         Fence {
             worker: self.worker.id,
@@ -203,12 +211,7 @@ impl Membership {
         }
         let me = self.worker.id;
         let quota = plan::quota(self.worker.topology().shards, &standing.members, me);
-        let keep: BTreeSet<u16> = self
-            .held
-            .iter()
-            .filter(|(_, h)| h.leaving.is_none())
-            .map(|(s, _)| *s)
-            .collect();
+        let keep: BTreeSet<u16> = self.kept().collect();
         let free: Vec<u16> = standing
             .free
             .iter()
@@ -337,12 +340,7 @@ impl Membership {
     }
 
     fn publish_status(&self, workers: usize) {
-        let shards: Vec<u16> = self
-            .held
-            .iter()
-            .filter(|(_, h)| h.leaving.is_none())
-            .map(|(s, _)| *s)
-            .collect();
+        let shards: Vec<u16> = self.kept().collect();
         metrics::gauge!(m::SHARDS_HELD).set(shards.len() as f64);
         metrics::gauge!(m::WORKERS_LIVE).set(workers as f64);
         self.status.send_replace(Status {

@@ -3,6 +3,7 @@
 
 use super::consume::Worker;
 use super::delivery::{settle, Disposition};
+use crate::queue::reconnect::until_done;
 use crate::store::leases::Fence;
 use futures_util::StreamExt;
 use lapin::Connection;
@@ -30,32 +31,16 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// it held in one step, ahead of the ready messages, before anyone else is
 /// active (`rabbit_fifo:handle_down`).
 pub async fn run(worker: Worker, fence: Fence, stop: CancellationToken) -> ShardEnd {
-    let shard = fence.lease.shard;
-    let mut pause = Duration::from_millis(200);
-    loop {
-        if stop.is_cancelled() {
-            return ShardEnd::Stopped;
-        }
-        let ended = match worker.connect(&format!("shard {shard}")).await {
-            Ok(connection) => {
-                let ended = consume(&worker, &connection, fence, &stop).await;
-                close(&connection).await;
-                ended
-            }
-            Err(error) => Err(error),
-        };
-        match ended {
-            Ok(end) => return end,
-            Err(error) => {
-                tracing::warn!(shard, %error, ?pause, "shard consumer lost the broker; reconnecting");
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return ShardEnd::Stopped,
-            _ = tokio::time::sleep(pause) => {}
-        }
-        pause = (pause * 2).min(Duration::from_secs(5));
-    }
+    let what = format!("shard {}", fence.lease.shard);
+    let session = || async {
+        let connection = worker.connect(&what).await?;
+        let ended = consume(&worker, &connection, fence, &stop).await;
+        close(&connection).await;
+        ended.map(Some)
+    };
+    until_done(&stop, &what, session)
+        .await
+        .unwrap_or(ShardEnd::Stopped)
 }
 
 async fn consume(
