@@ -9,9 +9,9 @@ const MAX_PAUSE: Duration = Duration::from_secs(5);
 
 /// Runs `session` (one connection's life, `what` in logs) again and again
 /// until it finishes with `Ok(Some(value))` or `stop` fires (None). A
-/// session that ends with `Ok(None)` is started again at once; one that
-/// fails, after a pause that doubles with every failure in a row (200 ms to
-/// 5 s).
+/// session that ends with `Ok(None)` is started again after 200 ms; one
+/// that fails, after a pause that doubles with every failure in a row
+/// (200 ms to 5 s).
 pub async fn until_done<T, F, Fut>(
     stop: &CancellationToken,
     what: &str,
@@ -25,10 +25,7 @@ where
     while !stop.is_cancelled() {
         match session().await {
             Ok(Some(value)) => return Some(value),
-            Ok(None) => {
-                pause = FIRST_PAUSE;
-                continue;
-            }
+            Ok(None) => pause = FIRST_PAUSE,
             Err(error) => tracing::warn!(%error, ?pause, what, "lost the broker; reconnecting"),
         }
         tokio::select! {

@@ -74,9 +74,16 @@ pub async fn heartbeat(
 ) -> Result<Standing, sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin().await?;
+    // A worker frozen in the middle of its own heartbeat holds its rows
+    // locked until its session is ended: wait for nothing of it.
+    sqlx::query("SET LOCAL lock_timeout = 1000")
+        .execute(&mut *tx)
+        .await?;
+    // Expiry counts from the clock, not from the start of the transaction,
+    // which a slow round trip may have delayed.
     let joined: bool = sqlx::query_scalar(
         "INSERT INTO sync_workers (id, name, expires_at) \
-         VALUES ($1, $2, now() + make_interval(secs => $3)) \
+         VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3)) \
          ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), expires_at = EXCLUDED.expires_at \
          RETURNING (xmax = 0)",
     )
@@ -85,18 +92,13 @@ pub async fn heartbeat(
     .bind(interval(ttl))
     .fetch_one(&mut *tx)
     .await?;
-    sqlx::query("DELETE FROM sync_workers WHERE expires_at <= now()")
-        .execute(&mut *tx)
-        .await?;
-    let held: Vec<(i32, i64)> = sqlx::query_as(
-        "UPDATE sync_shard_leases SET expires_at = now() + make_interval(secs => $2) \
-         WHERE owner = $1 AND expires_at > now() AND shard < $3 RETURNING shard, epoch",
+    sqlx::query(
+        "DELETE FROM sync_workers WHERE id IN \
+         (SELECT id FROM sync_workers WHERE expires_at <= now() FOR UPDATE SKIP LOCKED)",
     )
-    .bind(worker)
-    .bind(interval(ttl))
-    .bind(i32::from(shards))
-    .fetch_all(&mut *tx)
+    .execute(&mut *tx)
     .await?;
+    let held = renew_on(&mut tx, worker, shards, ttl).await?;
     let members: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM sync_workers ORDER BY id")
         .fetch_all(&mut *tx)
         .await?;
@@ -114,18 +116,49 @@ pub async fn heartbeat(
     Ok(Standing {
         joined,
         members,
-        held: held
-            .into_iter()
-            .map(|(shard, epoch)| Lease {
-                shard: shard_number(shard),
-                epoch,
-            })
-            .collect(),
+        held,
         free: free
             .into_iter()
             .map(|(shard, owner)| (shard_number(shard), owner))
             .collect(),
     })
+}
+
+/// Renews `worker`'s unexpired leases (below `shards`) and returns them;
+/// the heartbeat of a worker that has left the membership and is handing
+/// its shards over.
+pub async fn renew(
+    pool: &PgPool,
+    worker: Uuid,
+    shards: u16,
+    ttl: Duration,
+) -> Result<Vec<Lease>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    renew_on(&mut conn, worker, shards, ttl).await
+}
+
+async fn renew_on(
+    conn: &mut PgConnection,
+    worker: Uuid,
+    shards: u16,
+    ttl: Duration,
+) -> Result<Vec<Lease>, sqlx::Error> {
+    let held: Vec<(i32, i64)> = sqlx::query_as(
+        "UPDATE sync_shard_leases SET expires_at = clock_timestamp() + make_interval(secs => $2) \
+         WHERE owner = $1 AND expires_at > now() AND shard < $3 RETURNING shard, epoch",
+    )
+    .bind(worker)
+    .bind(interval(ttl))
+    .bind(i32::from(shards))
+    .fetch_all(conn)
+    .await?;
+    Ok(held
+        .into_iter()
+        .map(|(shard, epoch)| Lease {
+            shard: shard_number(shard),
+            epoch,
+        })
+        .collect())
 }
 
 fn shard_number(shard: i32) -> u16 {
@@ -168,7 +201,7 @@ pub async fn claim(
         "WITH old AS (SELECT shard FROM sync_shard_leases \
              WHERE shard = $1 AND (owner IS NULL OR expires_at <= now()) FOR UPDATE) \
          UPDATE sync_shard_leases l SET owner = $2, epoch = l.epoch + 1, claimed_at = now(), \
-             expires_at = now() + make_interval(secs => $3) \
+             expires_at = clock_timestamp() + make_interval(secs => $3) \
          FROM old WHERE l.shard = old.shard RETURNING l.epoch",
     )
     .bind(i32::from(shard))

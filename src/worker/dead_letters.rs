@@ -23,10 +23,23 @@ pub(super) async fn run(worker: Worker, stop: CancellationToken) {
         let connection = worker.connect("dead letters").await?;
         let queue = worker.topology().dead_jobs();
         let recorded = match worker.subscribe(&connection, queue, "dead-letters").await {
-            Ok((_channel, consumer)) => recorder.run(consumer, &stop).await,
-            Err(error) => Err(error),
+            Ok((channel, mut consumer)) => {
+                let recorded = recorder.run(&mut consumer, &stop).await;
+                // As for a shard: the consumer is dropped only once its
+                // connection is closed, so that it is never cancelled
+                // while it holds a message.
+                if close(&connection).await {
+                    drop((consumer, channel));
+                } else {
+                    std::mem::forget((consumer, channel));
+                }
+                recorded
+            }
+            Err(error) => {
+                close(&connection).await;
+                Err(error)
+            }
         };
-        close(&connection).await;
         recorded.map(|()| None::<()>)
     };
     until_done(&stop, "dead-letter recorder", session).await;
@@ -46,7 +59,7 @@ impl DeadLetterRecorder {
     /// Records dead letters until `stop` fires or the channel fails.
     pub async fn run(
         &self,
-        mut consumer: Consumer,
+        consumer: &mut Consumer,
         stop: &CancellationToken,
     ) -> Result<(), lapin::Error> {
         loop {

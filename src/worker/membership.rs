@@ -17,14 +17,39 @@ use crate::store::leases::{self, Fence, Lease, Standing};
 use crate::telemetry::metrics as m;
 use sqlx::postgres::PgListener;
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     time::{Duration, Instant},
 };
-use tokio::{sync::watch, task::JoinSet};
+use tokio::{
+    sync::watch,
+    task::{self, JoinSet},
+};
 use tokio_util::sync::CancellationToken;
 
 /// How long a claim waits for the previous owner's batch to end.
 const CLAIM_WAIT: Duration = Duration::from_secs(1);
+
+/// A database call of the membership that did not go through.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
+}
+
+/// Bounds a database call: a heartbeat that hangs (a partition that drops
+/// packets) must fail in time for the worker to stop consuming before its
+/// leases run out, and the next owner waits for that.
+async fn bounded<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, CallError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(done) => Ok(done?),
+        Err(_) => Err(CallError::TimedOut(limit)),
+    }
+}
 
 /// Why a consumer is being stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +75,7 @@ impl Leaving {
 /// A shard this worker holds, and its consumer.
 struct Held {
     lease: Lease,
-    stop: CancellationToken,
+    stop: shard::Stop,
     leaving: Option<Leaving>,
 }
 
@@ -78,7 +103,10 @@ struct Membership {
     worker: Worker,
     name: String,
     held: BTreeMap<u16, Held>,
-    consumers: JoinSet<(u16, ShardEnd)>,
+    consumers: JoinSet<ShardEnd>,
+    /// The shard of each consumer task, so that a task that panicked still
+    /// says which shard it leaves.
+    tasks: HashMap<task::Id, u16>,
     renewed: Option<Instant>,
     status: watch::Sender<Status>,
 }
@@ -96,6 +124,7 @@ pub async fn run(worker: Worker, status: watch::Sender<Status>, stop: Cancellati
         name,
         held: BTreeMap::new(),
         consumers: JoinSet::new(),
+        tasks: HashMap::new(),
         renewed: None,
         status,
     };
@@ -103,24 +132,28 @@ pub async fn run(worker: Worker, status: watch::Sender<Status>, stop: Cancellati
     let beat = membership.worker.leases.heartbeat;
     loop {
         if membership.beat().await && listener.is_none() {
-            listener = listen(&membership.worker.pool).await;
+            listener = listen(&membership.worker.pool, beat).await;
         }
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(beat) => {}
             _ = announced(&mut listener) => {}
-            Some(ended) = membership.consumers.join_next() => membership.ended(ended).await,
+            Some(ended) = membership.consumers.join_next_with_id() => membership.ended(ended).await,
         }
     }
+    drop(listener);
     membership.hand_over_all().await;
 }
 
 /// A listener for the changes other workers announce (None if it cannot
 /// be had now: the heartbeat still rebalances, only later).
-async fn listen(pool: &sqlx::PgPool) -> Option<PgListener> {
-    let mut listener = PgListener::connect_with(pool).await.ok()?;
-    listener.listen(leases::CHANGES).await.ok()?;
-    Some(listener)
+async fn listen(pool: &sqlx::PgPool, limit: Duration) -> Option<PgListener> {
+    let listening = async {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(leases::CHANGES).await?;
+        Ok(listener)
+    };
+    bounded(limit, listening).await.ok()
 }
 
 /// Resolves when another worker announced a change; never without a
@@ -133,6 +166,20 @@ async fn announced(listener: &mut Option<PgListener>) {
             }
         }
         None => std::future::pending().await,
+    }
+}
+
+impl Held {
+    /// Tells the consumer to stop: after the batch in hand when the shard
+    /// is given up, at once when the lease is gone.
+    fn give_up(&mut self, why: Leaving) {
+        if self.leaving != Some(Leaving::Lost) {
+            self.leaving = Some(why);
+        }
+        self.stop.gracefully.cancel();
+        if why == Leaving::Lost {
+            self.stop.at_once.cancel();
+        }
     }
 }
 
@@ -157,47 +204,48 @@ impl Membership {
     async fn beat(&mut self) -> bool {
         let sent = Instant::now();
         let (ttl, shards) = (self.worker.leases.ttl, self.worker.topology().shards);
+        let (pool, limit) = (&self.worker.pool, self.worker.leases.heartbeat);
         if self.renewed.is_none() {
             // Before the first heartbeat: every shard needs its lease row
             // for the heartbeat to see it free.
-            if let Err(error) = leases::ensure_shards(&self.worker.pool, shards).await {
+            if let Err(error) = bounded(limit, leases::ensure_shards(pool, shards)).await {
                 tracing::warn!(%error, "cannot create the shard leases");
             }
         }
-        let standing =
-            match leases::heartbeat(&self.worker.pool, self.worker.id, &self.name, shards, ttl)
-                .await
-            {
-                Ok(standing) => standing,
-                Err(error) => {
-                    tracing::warn!(%error, "heartbeat failed");
-                    if self.renewed.is_some_and(|at| at.elapsed() >= ttl) {
-                        // Our leases have run out: stop consuming, so the
-                        // broker gives the shards' messages to their next
-                        // owners.
-                        self.stop_all(Leaving::Lost);
-                    }
-                    self.publish_status(0);
-                    return false;
+        let heartbeat = leases::heartbeat(pool, self.worker.id, &self.name, shards, ttl);
+        let standing = match bounded(limit, heartbeat).await {
+            Ok(standing) => standing,
+            Err(error) => {
+                tracing::warn!(%error, "heartbeat failed");
+                if self.renewed.is_some_and(|at| at.elapsed() >= ttl) {
+                    // Our leases have run out: stop consuming, so the
+                    // broker gives the shards' messages to their next
+                    // owners.
+                    self.stop_all(Leaving::Lost);
                 }
-            };
+                self.publish_status(0);
+                return false;
+            }
+        };
         self.renewed = Some(sent);
         if standing.joined {
             tracing::info!(worker = %self.worker.id, members = standing.members.len(), "joined the workers");
         }
-        self.rebalance(&standing).await;
+        self.rebalance(&standing, sent).await;
         self.publish_status(standing.members.len());
         true
     }
 
-    async fn rebalance(&mut self, standing: &Standing) {
+    /// Acts on a heartbeat sent at `sent`: stops the consumers of lost
+    /// leases, gives up what is beyond the quota, claims up to it (for at
+    /// most a heartbeat interval: the next heartbeat must not be late).
+    async fn rebalance(&mut self, standing: &Standing, sent: Instant) {
         let renewed: BTreeMap<u16, Lease> = standing.held.iter().map(|l| (l.shard, *l)).collect();
         // Leases that ran out or were taken: stop their consumers.
         for (shard, held) in &mut self.held {
             if renewed.get(shard) != Some(&held.lease) && held.leaving != Some(Leaving::Lost) {
                 tracing::warn!(shard, epoch = held.lease.epoch, "lease lost");
-                held.leaving = Some(Leaving::Lost);
-                held.stop.cancel();
+                held.give_up(Leaving::Lost);
             }
         }
         // Leases we hold without a consumer (a release that failed).
@@ -223,11 +271,13 @@ impl Membership {
         for shard in moves.release {
             if let Some(held) = self.held.get_mut(&shard) {
                 tracing::info!(shard, quota, "giving the shard up to rebalance");
-                held.leaving = Some(Leaving::Join);
-                held.stop.cancel();
+                held.give_up(Leaving::Join);
             }
         }
         for shard in moves.claim {
+            if sent.elapsed() >= self.worker.leases.heartbeat {
+                break;
+            }
             let previous = standing
                 .free
                 .iter()
@@ -244,9 +294,9 @@ impl Membership {
     /// paused), its database sessions are ended first, so a transaction it
     /// left open mid-batch cannot hold the locks the next batches need.
     async fn claim(&mut self, shard: u16, previous: Option<uuid::Uuid>, members: &[uuid::Uuid]) {
-        let pool = &self.worker.pool;
+        let (pool, limit) = (&self.worker.pool, self.worker.leases.heartbeat);
         if let Some(stale) = previous.filter(|p| !members.contains(p)) {
-            match leases::end_sessions_of(pool, stale).await {
+            match bounded(limit, leases::end_sessions_of(pool, stale)).await {
                 Ok(0) => {}
                 Ok(ended) => {
                     tracing::warn!(shard, %stale, ended, "ended a stale worker's sessions")
@@ -255,7 +305,8 @@ impl Membership {
             }
         }
         let ttl = self.worker.leases.ttl;
-        match leases::claim(pool, shard, self.worker.id, ttl, CLAIM_WAIT).await {
+        let claim = leases::claim(pool, shard, self.worker.id, ttl, CLAIM_WAIT);
+        match bounded(limit, claim).await {
             Ok(Some(lease)) => {
                 if previous.is_some() {
                     tracing::warn!(
@@ -275,10 +326,10 @@ impl Membership {
     }
 
     fn start(&mut self, lease: Lease) {
-        let stop = CancellationToken::new();
+        let stop = shard::Stop::default();
         let consumer = shard::run(self.worker.clone(), self.fence(lease), stop.clone());
-        self.consumers
-            .spawn(async move { (lease.shard, consumer.await) });
+        let task = self.consumers.spawn(consumer);
+        self.tasks.insert(task.id(), lease.shard);
         self.held.insert(
             lease.shard,
             Held {
@@ -291,31 +342,36 @@ impl Membership {
 
     fn stop_all(&mut self, why: Leaving) {
         for held in self.held.values_mut() {
-            if held.leaving != Some(Leaving::Lost) {
-                held.leaving = Some(why);
-            }
-            held.stop.cancel();
+            held.give_up(why);
         }
     }
 
-    /// A consumer ended: release its lease if it was given up on purpose.
-    async fn ended(&mut self, joined: Result<(u16, ShardEnd), tokio::task::JoinError>) {
-        let Ok((shard, end)) = joined else {
-            // A consumer panicked outside the per-batch boundary; its shard
-            // is claimed again at the next heartbeat.
-            tracing::error!("a shard consumer panicked");
+    /// A consumer ended: release its lease unless it is lost already.
+    async fn ended(&mut self, joined: Result<(task::Id, ShardEnd), task::JoinError>) {
+        let (id, end) = match joined {
+            Ok((id, end)) => (id, Some(end)),
+            Err(error) => {
+                tracing::error!(%error, "a shard consumer died");
+                (error.id(), None)
+            }
+        };
+        let Some(held) = self.tasks.remove(&id).and_then(|s| self.held.remove(&s)) else {
             return;
         };
-        let Some(held) = self.held.remove(&shard) else {
-            return;
-        };
-        if end == ShardEnd::Fenced {
+        let shard = held.lease.shard;
+        if end == Some(ShardEnd::Fenced) {
             metrics::counter!(m::SHARD_HANDOVERS, "reason" => "fenced").increment(1);
-        } else if let Some(why @ (Leaving::Join | Leaving::Leave)) = held.leaving {
-            match leases::release(&self.worker.pool, self.worker.id, held.lease).await {
+        } else if held.leaving != Some(Leaving::Lost) {
+            // Given up on purpose — or its consumer died, and the shard is
+            // claimed again (by anyone) with a new epoch.
+            let release = leases::release(&self.worker.pool, self.worker.id, held.lease);
+            match bounded(self.worker.leases.heartbeat, release).await {
                 Ok(_) => {
-                    tracing::info!(shard, reason = why.reason(), "released the shard");
-                    metrics::counter!(m::SHARD_HANDOVERS, "reason" => why.reason()).increment(1);
+                    if let Some(why @ (Leaving::Join | Leaving::Leave)) = held.leaving {
+                        tracing::info!(shard, reason = why.reason(), "released the shard");
+                        metrics::counter!(m::SHARD_HANDOVERS, "reason" => why.reason())
+                            .increment(1);
+                    }
                 }
                 // It runs out by itself, then.
                 Err(error) => tracing::warn!(shard, %error, "cannot release the shard"),
@@ -326,16 +382,45 @@ impl Membership {
         self.publish_status(workers);
     }
 
-    /// Stopping: every consumer finishes its batch in hand and closes, each
-    /// lease is released as soon as its consumer has, then the worker
-    /// leaves the membership.
+    /// Stopping. The worker leaves the membership first, so that the
+    /// others' shares grow at once and each shard is claimed as soon as it
+    /// is released; then every consumer finishes its batch in hand and
+    /// closes, and each lease is released as its consumer ends. The leases
+    /// still held are renewed meanwhile: a long last batch must not let
+    /// them run out under it.
     async fn hand_over_all(&mut self) {
-        self.stop_all(Leaving::Leave);
-        while let Some(ended) = self.consumers.join_next().await {
-            self.ended(ended).await;
-        }
-        if let Err(error) = leases::leave(&self.worker.pool, self.worker.id).await {
+        let (pool, limit) = (&self.worker.pool, self.worker.leases.heartbeat);
+        if let Err(error) = bounded(limit, leases::leave(pool, self.worker.id)).await {
             tracing::warn!(%error, "cannot leave the membership; it runs out by itself");
+        }
+        self.stop_all(Leaving::Leave);
+        while !self.consumers.is_empty() {
+            tokio::select! {
+                Some(ended) = self.consumers.join_next_with_id() => self.ended(ended).await,
+                _ = tokio::time::sleep(limit) => self.renew_while_leaving().await,
+            }
+        }
+    }
+
+    /// The heartbeat of a worker handing its shards over: its leases only.
+    async fn renew_while_leaving(&mut self) {
+        let (ttl, shards) = (self.worker.leases.ttl, self.worker.topology().shards);
+        let renew = leases::renew(&self.worker.pool, self.worker.id, shards, ttl);
+        match bounded(self.worker.leases.heartbeat, renew).await {
+            Ok(renewed) => {
+                self.renewed = Some(Instant::now());
+                for held in self.held.values_mut() {
+                    if !renewed.contains(&held.lease) {
+                        held.give_up(Leaving::Lost);
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot renew the leases being handed over");
+                if self.renewed.is_some_and(|at| at.elapsed() >= ttl) {
+                    self.stop_all(Leaving::Lost);
+                }
+            }
         }
     }
 
