@@ -255,3 +255,111 @@ async fn paused_worker_is_fenced_off_and_its_successor_applies_in_order() {
     assert_eq!(verdict.applied, 4, "{verdict:?}");
     cluster.teardown().await;
 }
+
+/// The correlation id a request message carries.
+fn correlation_of(delivery: &lapin::message::Delivery) -> Option<String> {
+    let id = delivery.properties.correlation_id().as_ref()?;
+    Some(id.as_str().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_worker_gives_its_message_back_before_the_next_consumer_gets_any() {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::new(1, &[]).await;
+    cluster.start_api().await;
+    cluster.start_workers(1);
+    cluster
+        .wait_spread(&[0], Duration::from_secs(20))
+        .await
+        .expect("the worker holds the shard");
+    let company = Uuid::new_v4();
+    let tenant = Tenant::new(company, cluster.writer(company).await, 2);
+    let mut submissions = vec![submit(&cluster, &tenant, 1).await];
+    assert!(cluster.drain(Duration::from_secs(30)).await, "batch 1 open");
+
+    // The test's own consumer waits behind the worker's (single active
+    // consumer): it is what a successor would see.
+    let connection = crate::cluster::broker().await;
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .basic_qos(1, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let queue = topology(&cluster.settings()).request_queue(0);
+    let mut successor = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "successor".into(),
+            BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+
+    // Batch 2's fence waits on the lease row the test holds; meanwhile the
+    // lease passes to another owner. Batch 3 waits in the queue.
+    let mut lease = cluster.pool.begin().await.expect("tx");
+    sqlx::query("SELECT 1 FROM sync_shard_leases WHERE shard = 0 FOR UPDATE")
+        .execute(&mut *lease)
+        .await
+        .expect("lease row lock");
+    let second = submit(&cluster, &tenant, 2).await;
+    let third = submit(&cluster, &tenant, 3).await;
+    submissions.extend([second.clone(), third.clone()]);
+    let second_id = second.correlation_id.clone().expect("id");
+    for _ in 0..100 {
+        if job_status(&cluster, &second_id).await.1 >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query(
+        "UPDATE sync_shard_leases SET owner = $1, epoch = epoch + 1, \
+         expires_at = now() + interval '1 hour' WHERE shard = 0",
+    )
+    .bind(Uuid::now_v7())
+    .execute(&mut *lease)
+    .await
+    .expect("lease taken");
+    lease.commit().await.expect("commit");
+
+    // The fenced worker's message comes back first, then the next one.
+    let mut order = Vec::new();
+    for _ in 0..2 {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), successor.next())
+            .await
+            .expect("the successor is given the shard's messages")
+            .expect("a delivery")
+            .expect("no error");
+        order.push(correlation_of(&delivery));
+        delivery
+            .ack(lapin::options::BasicAckOptions::default())
+            .await
+            .expect("ack");
+    }
+    assert_eq!(
+        order,
+        vec![second.correlation_id.clone(), third.correlation_id.clone()],
+        "the fenced batch is given back ahead of the next one"
+    );
+    assert_eq!(job_status(&cluster, &second_id).await.0, "processing");
+    let metrics = scrape(&cluster.ops(Some(0))).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "sync_shard_handovers_total",
+            &[("reason", "fenced")]
+        ),
+        1.0
+    );
+    // Nothing of the fenced batch was written.
+    let mut verdict = Verdict::default();
+    audit(&cluster.pool, &tenant, &submissions[..1], &mut verdict).await;
+    assert!(verdict.is_clean(), "{verdict:?}");
+    println!("scenario=fenced_worker given_back_in_order={order:?}");
+    let _ = connection.close(200, "done".into()).await;
+    cluster.teardown().await;
+}
