@@ -27,6 +27,8 @@ pub enum StoreError {
     Migrate(#[from] MigrateError),
     #[error("invalid DATABASE_URL: {0}")]
     Url(String),
+    #[error("the database did not answer within {0:?}")]
+    TimedOut(Duration),
 }
 
 impl StoreError {
@@ -35,8 +37,21 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Database(e) => is_transient(e),
+            StoreError::TimedOut(_) => true,
             StoreError::Migrate(_) | StoreError::Url(_) => false,
         }
+    }
+}
+
+/// Bounds a call: one that would hang (a partition that drops packets
+/// leaves a socket waiting for many minutes) fails after `limit` instead.
+pub async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(done) => Ok(done?),
+        Err(_) => Err(StoreError::TimedOut(limit)),
     }
 }
 

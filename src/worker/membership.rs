@@ -13,7 +13,11 @@
 use super::consume::Worker;
 use super::plan;
 use super::shard::{self, ShardEnd};
-use crate::store::leases::{self, Fence, Lease, Standing};
+use super::status::Status;
+use crate::store::{
+    leases::{self, Fence, Lease, Standing},
+    within,
+};
 use crate::telemetry::metrics as m;
 use sqlx::postgres::PgListener;
 use std::{
@@ -28,28 +32,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a claim waits for the previous owner's batch to end.
 const CLAIM_WAIT: Duration = Duration::from_secs(1);
-
-/// A database call of the membership that did not go through.
-#[derive(Debug, thiserror::Error)]
-enum CallError {
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-    #[error("no answer within {0:?}")]
-    TimedOut(Duration),
-}
-
-/// Bounds a database call: a heartbeat that hangs (a partition that drops
-/// packets) must fail in time for the worker to stop consuming before its
-/// leases run out, and the next owner waits for that.
-async fn bounded<T>(
-    limit: Duration,
-    call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
-) -> Result<T, CallError> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(done) => Ok(done?),
-        Err(_) => Err(CallError::TimedOut(limit)),
-    }
-}
 
 /// Why a consumer is being stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,26 +59,6 @@ struct Held {
     lease: Lease,
     stop: shard::Stop,
     leaving: Option<Leaving>,
-}
-
-/// What the worker's `/readyz` reports.
-#[derive(Debug, Clone, Default)]
-pub struct Status {
-    /// When the last heartbeat went through.
-    pub renewed: Option<Instant>,
-    /// Shards held (consumers running and not stopping).
-    pub shards: Vec<u16>,
-    /// Live workers at the last heartbeat.
-    pub workers: usize,
-    /// How long a heartbeat stays good.
-    pub ttl: Duration,
-}
-
-impl Status {
-    /// True while the worker's place in the membership is current.
-    pub fn is_current(&self) -> bool {
-        self.renewed.is_some_and(|at| at.elapsed() < self.ttl)
-    }
 }
 
 struct Membership {
@@ -153,7 +115,7 @@ async fn listen(pool: &sqlx::PgPool, limit: Duration) -> Option<PgListener> {
         listener.listen(leases::CHANGES).await?;
         Ok(listener)
     };
-    bounded(limit, listening).await.ok()
+    within(limit, listening).await.ok()
 }
 
 /// Resolves when another worker announced a change; never without a
@@ -208,12 +170,12 @@ impl Membership {
         if self.renewed.is_none() {
             // Before the first heartbeat: every shard needs its lease row
             // for the heartbeat to see it free.
-            if let Err(error) = bounded(limit, leases::ensure_shards(pool, shards)).await {
+            if let Err(error) = within(limit, leases::ensure_shards(pool, shards)).await {
                 tracing::warn!(%error, "cannot create the shard leases");
             }
         }
         let heartbeat = leases::heartbeat(pool, self.worker.id, &self.name, shards, ttl);
-        let standing = match bounded(limit, heartbeat).await {
+        let standing = match within(limit, heartbeat).await {
             Ok(standing) => standing,
             Err(error) => {
                 tracing::warn!(%error, "heartbeat failed");
@@ -296,7 +258,7 @@ impl Membership {
     async fn claim(&mut self, shard: u16, previous: Option<uuid::Uuid>, members: &[uuid::Uuid]) {
         let (pool, limit) = (&self.worker.pool, self.worker.leases.heartbeat);
         if let Some(stale) = previous.filter(|p| !members.contains(p)) {
-            match bounded(limit, leases::end_sessions_of(pool, stale)).await {
+            match within(limit, leases::end_sessions_of(pool, stale)).await {
                 Ok(0) => {}
                 Ok(ended) => {
                     tracing::warn!(shard, %stale, ended, "ended a stale worker's sessions")
@@ -306,7 +268,7 @@ impl Membership {
         }
         let ttl = self.worker.leases.ttl;
         let claim = leases::claim(pool, shard, self.worker.id, ttl, CLAIM_WAIT);
-        match bounded(limit, claim).await {
+        match within(limit, claim).await {
             Ok(Some(lease)) => {
                 if previous.is_some() {
                     tracing::warn!(
@@ -365,7 +327,7 @@ impl Membership {
             // Given up on purpose — or its consumer died, and the shard is
             // claimed again (by anyone) with a new epoch.
             let release = leases::release(&self.worker.pool, self.worker.id, held.lease);
-            match bounded(self.worker.leases.heartbeat, release).await {
+            match within(self.worker.leases.heartbeat, release).await {
                 Ok(_) => {
                     if let Some(why @ (Leaving::Join | Leaving::Leave)) = held.leaving {
                         tracing::info!(shard, reason = why.reason(), "released the shard");
@@ -390,7 +352,7 @@ impl Membership {
     /// them run out under it.
     async fn hand_over_all(&mut self) {
         let (pool, limit) = (&self.worker.pool, self.worker.leases.heartbeat);
-        if let Err(error) = bounded(limit, leases::leave(pool, self.worker.id)).await {
+        if let Err(error) = within(limit, leases::leave(pool, self.worker.id)).await {
             tracing::warn!(%error, "cannot leave the membership; it runs out by itself");
         }
         self.stop_all(Leaving::Leave);
@@ -406,7 +368,7 @@ impl Membership {
     async fn renew_while_leaving(&mut self) {
         let (ttl, shards) = (self.worker.leases.ttl, self.worker.topology().shards);
         let renew = leases::renew(&self.worker.pool, self.worker.id, shards, ttl);
-        match bounded(self.worker.leases.heartbeat, renew).await {
+        match within(self.worker.leases.heartbeat, renew).await {
             Ok(renewed) => {
                 self.renewed = Some(Instant::now());
                 for held in self.held.values_mut() {

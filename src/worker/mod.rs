@@ -10,7 +10,8 @@ mod membership;
 mod plan;
 mod retry;
 mod shard;
+mod status;
 
 pub use apply::{apply_batch, Outcome};
 pub use consume::{consumer_uri, LeaseTiming, Worker};
-pub use membership::Status;
+pub use status::Status;
