@@ -93,7 +93,13 @@ impl Service {
             },
             Mode::All | Mode::Worker => Sessions {
                 application_name: leases::application_name(worker_id),
-                idle_in_transaction: Some(leases.ttl),
+                // The api part of `all` holds a keyed submission's
+                // transaction open across the broker's confirm.
+                idle_in_transaction: Some(if mode == Mode::All {
+                    leases.ttl.max(settings.confirm_timeout() * 2)
+                } else {
+                    leases.ttl
+                }),
             },
         };
         let pool =
