@@ -160,6 +160,18 @@ async fn job_status(cluster: &Cluster, id: &str) -> (String, i32) {
         .expect("job")
 }
 
+/// Waits until a worker has started job `id` (its attempt is counted), and
+/// a little more, so that it stands where the test stalls it.
+async fn wait_until_started(cluster: &Cluster, id: &str) {
+    for _ in 0..100 {
+        if job_status(cluster, id).await.1 >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
 async fn submit(cluster: &Cluster, tenant: &Tenant, seq: i32) -> Submission {
     let mut answered = push(cluster.base(), tenant.clone(), seq..=seq, Duration::ZERO).await;
     let submission = answered.pop().expect("one submission");
@@ -200,13 +212,7 @@ async fn paused_worker_is_fenced_off_and_its_successor_applies_in_order() {
     let second = submit(&cluster, &tenant, 2).await;
     let second_id = second.correlation_id.clone().expect("id");
     submissions.push(second);
-    for _ in 0..100 {
-        if job_status(&cluster, &second_id).await.1 >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until_started(&cluster, &second_id).await;
     assert_eq!(job_status(&cluster, &second_id).await.0, "processing");
     cluster.signal_worker(holder, "STOP");
     let paused = Instant::now();
@@ -309,13 +315,7 @@ async fn a_fenced_worker_gives_its_message_back_before_the_next_consumer_gets_an
     let third = submit(&cluster, &tenant, 3).await;
     submissions.extend([second.clone(), third.clone()]);
     let second_id = second.correlation_id.clone().expect("id");
-    for _ in 0..100 {
-        if job_status(&cluster, &second_id).await.1 >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until_started(&cluster, &second_id).await;
     sqlx::query(
         "UPDATE sync_shard_leases SET owner = $1, epoch = epoch + 1, \
          expires_at = now() + interval '1 hour' WHERE shard = 0",
