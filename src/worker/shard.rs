@@ -22,6 +22,8 @@ pub enum ShardEnd {
 /// How long closing a connection may take; a broker that does not answer
 /// sees it go when the process ends.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an ack may take before the connection is deemed dead.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a shard's consumer is told to stop.
 #[derive(Clone, Default)]
@@ -58,7 +60,7 @@ pub async fn run(worker: Worker, fence: Fence, stop: Stop) -> ShardEnd {
         };
         tracing::info!(shard, epoch = fence.lease.epoch, "consuming shard");
         let ended = tokio::select! {
-            ended = consume(&worker, &mut consumer, fence, &stop.gracefully) => ended,
+            ended = consume(&worker, &connection, &mut consumer, fence, &stop.gracefully) => ended,
             _ = stop.at_once.cancelled() => Ok(ShardEnd::Stopped),
         };
         if close(&connection).await {
@@ -76,6 +78,7 @@ pub async fn run(worker: Worker, fence: Fence, stop: Stop) -> ShardEnd {
 
 async fn consume(
     worker: &Worker,
+    connection: &Connection,
     consumer: &mut Consumer,
     fence: Fence,
     stop: &CancellationToken,
@@ -87,18 +90,19 @@ async fn consume(
             biased;
             _ = stop.cancelled() => return Ok(ShardEnd::Stopped),
             next = consumer.next() => next,
+            () = lost(connection) => return Err(closed()),
         };
         let delivery = match next {
             Some(Ok(delivery)) => delivery,
             Some(Err(e)) => return Err(e),
-            None => {
-                return Err(lapin::Error::from(
-                    lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
-                ))
-            }
+            None => return Err(closed()),
         };
         let disposition = worker.handle(fence, &delivery, stop).await;
-        settle(&delivery, disposition).await?;
+        // An ack sent just as the connection dies may never be answered.
+        match tokio::time::timeout(SETTLE_TIMEOUT, settle(&delivery, disposition)).await {
+            Ok(settled) => settled?,
+            Err(_) => return Err(closed()),
+        }
         match disposition {
             Disposition::Fenced => {
                 tracing::warn!(
@@ -111,6 +115,20 @@ async fn consume(
             Disposition::GiveBack => return Ok(ShardEnd::Stopped),
             _ => {}
         }
+    }
+}
+
+fn closed() -> lapin::Error {
+    lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+        lapin::ConnectionState::Closed,
+    ))
+}
+
+/// Resolves once `connection` is no longer connected: a consumer whose
+/// connection died does not always see its stream end.
+async fn lost(connection: &Connection) {
+    while connection.status().connected() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
