@@ -5,13 +5,12 @@
 //! `{prefix}.dead` stays for operators.
 
 use super::consume::Worker;
-use super::delivery::{correlation_id, settle, trace_context, Disposition};
-use super::shard::close;
+use super::delivery::{correlation_id, next_delivery, settle, trace_context, Disposition};
+use super::shard::{close, close_then_drop};
 use crate::queue::reconnect::until_done;
 use crate::store::JobError;
 use crate::telemetry::metrics as m;
-use futures_util::StreamExt;
-use lapin::{message::Delivery, types::AMQPValue, Consumer};
+use lapin::{message::Delivery, types::AMQPValue, Connection, Consumer};
 use tokio_util::sync::CancellationToken;
 
 /// Runs the recorder on a connection of its own until `stop` fires,
@@ -24,15 +23,8 @@ pub(super) async fn run(worker: Worker, stop: CancellationToken) {
         let queue = worker.topology().dead_jobs();
         let recorded = match worker.subscribe(&connection, queue, "dead-letters").await {
             Ok((channel, mut consumer)) => {
-                let recorded = recorder.run(&mut consumer, &stop).await;
-                // As for a shard: the consumer is dropped only once its
-                // connection is closed, so that it is never cancelled
-                // while it holds a message.
-                if close(&connection).await {
-                    drop((consumer, channel));
-                } else {
-                    std::mem::forget((consumer, channel));
-                }
+                let recorded = recorder.run(&connection, &mut consumer, &stop).await;
+                close_then_drop(&connection, (channel, consumer)).await;
                 recorded
             }
             Err(error) => {
@@ -56,28 +48,21 @@ impl DeadLetterRecorder {
         DeadLetterRecorder { worker }
     }
 
-    /// Records dead letters until `stop` fires or the channel fails.
+    /// Records dead letters until `stop` fires or the connection fails.
     pub async fn run(
         &self,
+        connection: &Connection,
         consumer: &mut Consumer,
         stop: &CancellationToken,
     ) -> Result<(), lapin::Error> {
-        loop {
-            let next = tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
-                next = consumer.next() => next,
-            };
-            let delivery = match next {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(e)) => return Err(e),
-                None => return Ok(()),
-            };
+        while let Some(delivery) = next_delivery(consumer, connection, stop).await? {
             let disposition = self.record(&delivery, stop).await;
             settle(&delivery, disposition).await?;
             if disposition == Disposition::GiveBack {
-                return Ok(());
+                break;
             }
         }
+        Ok(())
     }
 
     async fn record(&self, delivery: &Delivery, stop: &CancellationToken) -> Disposition {

@@ -3,11 +3,14 @@
 
 use crate::store::Job;
 use crate::telemetry::{metrics as m, trace::TraceContext};
+use futures_util::StreamExt;
 use lapin::{
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions},
+    Connection, Consumer,
 };
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// What to tell the broker about a delivery.
@@ -49,10 +52,23 @@ pub(super) fn record_completion(job: &Job, apply: Duration) {
         .increment(as_u64(job.updated));
 }
 
+/// How long an ack may take before the connection is deemed dead: one sent
+/// just as the connection dies may never be answered.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Tells the broker what became of `delivery` (bounded by the settle
+/// timeout; a timeout counts as a lost connection).
 pub(super) async fn settle(
     delivery: &Delivery,
     disposition: Disposition,
 ) -> Result<(), lapin::Error> {
+    match tokio::time::timeout(SETTLE_TIMEOUT, settle_now(delivery, disposition)).await {
+        Ok(settled) => settled,
+        Err(_) => Err(closed()),
+    }
+}
+
+async fn settle_now(delivery: &Delivery, disposition: Disposition) -> Result<(), lapin::Error> {
     // `Ok(false)` means the ack was not sent (channel gone): the message
     // comes again and is recognised as finished then.
     match disposition {
@@ -69,6 +85,40 @@ pub(super) async fn settle(
             .await
             .map(drop),
         Disposition::GiveBack | Disposition::Fenced => Ok(()),
+    }
+}
+
+/// The next delivery of `consumer`, or None once `stop` fires. A stream
+/// that ends, or a connection that is no longer connected while the
+/// consumer waits (its stream does not always end then), is an error: the
+/// caller reconnects.
+pub(super) async fn next_delivery(
+    consumer: &mut Consumer,
+    connection: &Connection,
+    stop: &CancellationToken,
+) -> Result<Option<Delivery>, lapin::Error> {
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => Ok(None),
+        next = consumer.next() => match next {
+            Some(Ok(delivery)) => Ok(Some(delivery)),
+            Some(Err(e)) => Err(e),
+            None => Err(closed()),
+        },
+        () = lost(connection) => Err(closed()),
+    }
+}
+
+fn closed() -> lapin::Error {
+    lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+        lapin::ConnectionState::Closed,
+    ))
+}
+
+/// Resolves once `connection` is no longer connected.
+async fn lost(connection: &Connection) {
+    while connection.status().connected() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

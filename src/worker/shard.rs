@@ -2,11 +2,10 @@
 //! its own connection, one delivery at a time, strictly in order.
 
 use super::consume::Worker;
-use super::delivery::{settle, Disposition};
+use super::delivery::{next_delivery, settle, Disposition};
 use crate::queue::reconnect::until_done;
 use crate::store::leases::Fence;
-use futures_util::StreamExt;
-use lapin::{Connection, Consumer};
+use lapin::{Channel, Connection, Consumer};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -22,8 +21,6 @@ pub enum ShardEnd {
 /// How long closing a connection may take; a broker that does not answer
 /// sees it go when the process ends.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long an ack may take before the connection is deemed dead.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a shard's consumer is told to stop.
 #[derive(Clone, Default)]
@@ -63,12 +60,7 @@ pub async fn run(worker: Worker, fence: Fence, stop: Stop) -> ShardEnd {
             ended = consume(&worker, &connection, &mut consumer, fence, &stop.gracefully) => ended,
             _ = stop.at_once.cancelled() => Ok(ShardEnd::Stopped),
         };
-        if close(&connection).await {
-            drop((consumer, channel));
-        } else {
-            // Still open as far as lapin knows: dropping would cancel.
-            std::mem::forget((consumer, channel));
-        }
+        close_then_drop(&connection, (channel, consumer)).await;
         ended.map(Some)
     };
     until_done(&stop.gracefully, &what, session)
@@ -84,25 +76,10 @@ async fn consume(
     stop: &CancellationToken,
 ) -> Result<ShardEnd, lapin::Error> {
     let shard = fence.lease.shard;
-    loop {
-        // Only between messages: the batch in hand is always finished.
-        let next = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return Ok(ShardEnd::Stopped),
-            next = consumer.next() => next,
-            () = lost(connection) => return Err(closed()),
-        };
-        let delivery = match next {
-            Some(Ok(delivery)) => delivery,
-            Some(Err(e)) => return Err(e),
-            None => return Err(closed()),
-        };
+    // Only between messages: the batch in hand is always finished.
+    while let Some(delivery) = next_delivery(consumer, connection, stop).await? {
         let disposition = worker.handle(fence, &delivery, stop).await;
-        // An ack sent just as the connection dies may never be answered.
-        match tokio::time::timeout(SETTLE_TIMEOUT, settle(&delivery, disposition)).await {
-            Ok(settled) => settled?,
-            Err(_) => return Err(closed()),
-        }
+        settle(&delivery, disposition).await?;
         match disposition {
             Disposition::Fenced => {
                 tracing::warn!(
@@ -116,19 +93,17 @@ async fn consume(
             _ => {}
         }
     }
+    Ok(ShardEnd::Stopped)
 }
 
-fn closed() -> lapin::Error {
-    lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
-        lapin::ConnectionState::Closed,
-    ))
-}
-
-/// Resolves once `connection` is no longer connected: a consumer whose
-/// connection died does not always see its stream end.
-async fn lost(connection: &Connection) {
-    while connection.status().connected() {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+/// Closes `connection`, then drops its channel and consumer. A lapin
+/// `Consumer` dropped while its channel is open sends `basic.cancel`; if
+/// the close was not confirmed, they are leaked rather than dropped.
+pub(super) async fn close_then_drop(connection: &Connection, subscribed: (Channel, Consumer)) {
+    if close(connection).await {
+        drop(subscribed);
+    } else {
+        std::mem::forget(subscribed);
     }
 }
 
