@@ -1,15 +1,12 @@
 //! `GET /api/v1/openapi.json`: the OpenAPI 3.1 document, generated from the
 //! code — response schemas from the types the handlers serialise, item
-//! schemas from the same field tables validation walks, limits from the
-//! running settings.
+//! schemas from the entities' descriptions the reader reads by, limits
+//! from the running settings.
 
 use super::{error::Problem, submit::Accepted};
 use crate::{
     config::Settings,
-    domain::{
-        schema::{fields, Field, FieldKind},
-        Entity, FieldError,
-    },
+    domain::{fields, Entity, FieldError},
     store::{Job, JobError, JobStatus},
 };
 use serde_json::{json, Map, Value};
@@ -80,34 +77,14 @@ fn item_schema_name(entity: Entity) -> String {
     format!("{singular}Item")
 }
 
-/// PostgreSQL cannot store U+0000, so validation refuses it.
-const NO_NUL: &str = "^[^\\u0000]*$";
-
-fn kind_schema(field: &Field) -> Value {
-    match field.kind {
-        FieldKind::Uuid => json!({"type": "string", "format": "uuid"}),
-        FieldKind::Text { max } if field.required => json!({
-            "type": "string", "maxLength": max, "pattern": NO_NUL,
-            "allOf": [{"pattern": "\\S"}]
-        }),
-        FieldKind::Text { max } => json!({"type": "string", "maxLength": max, "pattern": NO_NUL}),
-        FieldKind::OneOf(values) => json!({"type": "string", "enum": values}),
-        FieldKind::Date => {
-            json!({"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"})
-        }
-        FieldKind::Quantity => json!({"type": "integer", "minimum": 1, "maximum": i32::MAX}),
-        FieldKind::Measure => json!({"type": "number", "minimum": 0}),
-        FieldKind::Object => json!({"type": "object"}),
-    }
-}
-
-/// An item as submitted: the validation table as a JSON Schema. Optional
-/// fields may be `null` (= absent); `guid` is assigned when missing.
+/// An item as submitted, from the entity's one description: each field's
+/// type gives its schema. Optional fields may be `null` (= absent); `guid`
+/// is assigned when missing.
 fn item_schema(entity: Entity) -> Value {
     let mut properties = Map::new();
     let mut required = Vec::new();
     for field in fields(entity) {
-        let schema = kind_schema(field);
+        let schema = (field.schema)();
         if field.required {
             required.push(field.name);
             properties.insert(field.name.into(), schema);

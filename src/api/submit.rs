@@ -4,10 +4,8 @@
 use super::{error::ApiError, prefer, progress, state::AppState};
 use crate::{
     auth::{access, Principal},
-    domain::{
-        guid_list, parse_submission, Batch, BatchError, Entity, FieldError, Manifest, Parsed,
-    },
-    queue::{results::Waiter, BatchMessage, ForwardedMessage, PublishError},
+    domain::{Batch, BatchError, Entity, FieldError, Manifest},
+    queue::{guid_list, results::Waiter, ForwardedMessage, PublishError},
     store::{
         idempotency::{self, Recorded},
         jobs, Job, JobStatus, NewJob,
@@ -58,19 +56,12 @@ pub struct SubmitParams {
 /// A submission that passed every check, ready to be queued.
 struct Submission {
     manifest: Manifest,
-    items: Items,
+    /// The request body, forwarded as sent: read into its message.
+    message: ForwardedMessage,
     dry_run: bool,
     request_hash: Vec<u8>,
     /// The request's trace, continued in the message.
     trace: TraceContext,
-}
-
-/// How a submission's items travel on to the queue.
-enum Items {
-    /// The request body, forwarded as sent: read into its message.
-    AsSent(ForwardedMessage),
-    /// The batch as the walk read it, to be serialised again.
-    Normalised(Batch),
 }
 
 /// Accepts a batch of one entity's items.
@@ -109,7 +100,7 @@ pub async fn submit(
     } else {
         Vec::new()
     };
-    let (manifest, items) = parse(&state, entity, message).await?;
+    let (manifest, message) = parse(&state, entity, message).await?;
     stage_done("check", started);
     let forbidden = access::forbidden_items(&principal, &manifest);
     if !forbidden.is_empty() {
@@ -119,7 +110,7 @@ pub async fn submit(
     let submission = Submission {
         request_hash,
         manifest,
-        items,
+        message,
         dry_run: params.dry_run,
         trace: trace.map_or_else(TraceContext::new_root, |Extension(t)| t),
     };
@@ -178,7 +169,7 @@ async fn parse(
     state: &AppState,
     entity: Entity,
     message: ForwardedMessage,
-) -> Result<(Manifest, Items), ApiError> {
+) -> Result<(Manifest, ForwardedMessage), ApiError> {
     let _permit = state
         .parse_permits
         .acquire()
@@ -186,14 +177,13 @@ async fn parse(
         .map_err(|_| ApiError::Internal("parse limiter closed".into()))?;
     let limit = state.settings.batch_limit(entity);
     let (message, parsed) = tokio::task::spawn_blocking(move || {
-        let parsed = parse_submission(entity, message.items(), limit);
-        (message, parsed)
+        let read = Batch::read(entity, message.items(), limit).map(|batch| Manifest::of(&batch));
+        (message, read)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("parsing panicked: {e}")))?;
     match parsed {
-        Ok(Parsed::AsSent(manifest)) => Ok((manifest, Items::AsSent(message))),
-        Ok(Parsed::Normalised(batch)) => Ok((Manifest::of(&batch), Items::Normalised(batch))),
+        Ok(manifest) => Ok((manifest, message)),
         Err(e @ BatchError::TooLarge { .. }) => Err(ApiError::BatchTooLarge(e.to_string())),
         Err(BatchError::Invalid(errors)) => Err(ApiError::Validation(errors)),
     }
@@ -329,7 +319,7 @@ async fn submit_new(
 ) -> Result<Accepted, ApiError> {
     let Submission {
         manifest,
-        items,
+        message,
         dry_run,
         trace,
         ..
@@ -355,15 +345,9 @@ async fn submit_new(
     let job = if guids.is_empty() {
         state.jobs.record(new_job, JobStatus::Succeeded).await?
     } else {
-        // The message is built first, and the request body (or typed
-        // batch) dropped: through the job insert and the confirm, only the
-        // message bytes stay in memory.
-        let body = match items {
-            Items::AsSent(message) => message.finish(correlation_id, owner, dry_run, &guids),
-            Items::Normalised(batch) => {
-                BatchMessage::new(correlation_id, owner, dry_run, batch).to_json()
-            }
-        };
+        // The message is finished first: through the job insert and the
+        // confirm, only its bytes stay in memory.
+        let body = message.finish(correlation_id, owner, dry_run, &guids);
         let started = Instant::now();
         let job = state.jobs.record(new_job, JobStatus::Queued).await?;
         stage_done("record", started);

@@ -1,21 +1,34 @@
 //! The benchmark's data: realistic pieces (~400 bytes of JSON each), in
 //! batches, for several tenants, with a chosen share of updates.
 
-use crate::domain::{Attributes, Piece};
-use serde_json::json;
+use serde_json::{json, Value};
 use uuid::Uuid;
+
+/// One batch of pieces, as the JSON body a client sends.
+#[derive(Debug, Clone)]
+pub struct Pieces {
+    /// Every piece's GUID, in order.
+    pub guids: Vec<Uuid>,
+    pub body: Vec<u8>,
+}
+
+impl Pieces {
+    pub fn len(&self) -> usize {
+        self.guids.len()
+    }
+}
 
 /// One tenant's batches, in submission order.
 #[derive(Debug, Clone)]
 pub struct TenantLoad {
     pub company: Uuid,
-    pub batches: Vec<Vec<Piece>>,
+    pub batches: Vec<Pieces>,
 }
 
 impl TenantLoad {
     /// Items across every batch.
     pub fn items(&self) -> usize {
-        self.batches.iter().map(Vec::len).sum()
+        self.batches.iter().map(Pieces::len).sum()
     }
 }
 
@@ -25,7 +38,7 @@ impl TenantLoad {
 /// go in this order, so that the broker sees every shard's queue busy at
 /// once in both, not one queue after another in one of them.
 /// Yields each batch with the index of its tenant's load.
-pub fn in_sending_order(loads: &[TenantLoad]) -> impl Iterator<Item = (usize, &Vec<Piece>)> {
+pub fn in_sending_order(loads: &[TenantLoad]) -> impl Iterator<Item = (usize, &Pieces)> {
     let longest = loads.iter().map(|l| l.batches.len()).max().unwrap_or(0);
     (0..longest).flat_map(move |round| {
         loads
@@ -67,13 +80,15 @@ pub fn generate(total: usize, batch: usize, tenants: usize, update_ratio: f64) -
                         sent.push(guid);
                         guid
                     };
-                    items.push(piece(guid, company, assembly, article, t, seq));
+                    items.push((guid, piece(guid, company, assembly, article, t, seq)));
                 }
                 // An update batch must not name one GUID twice.
-                items.sort_by_key(|p| p.guid);
-                items.dedup_by_key(|p| p.guid);
+                items.sort_by_key(|(guid, _)| *guid);
+                items.dedup_by_key(|(guid, _)| *guid);
                 produced += items.len();
-                batches.push(items);
+                let (guids, pieces): (Vec<Uuid>, Vec<Value>) = items.into_iter().unzip();
+                let body = serde_json::to_vec(&pieces).unwrap_or_default();
+                batches.push(Pieces { guids, body });
             }
             TenantLoad { company, batches }
         })
@@ -87,36 +102,32 @@ fn piece(
     article: Uuid,
     tenant: usize,
     seq: u64,
-) -> Piece {
-    Piece {
-        guid,
-        company_guid: company,
-        assembly_guid: assembly,
-        article_guid: Some(article),
-        mark: format!("T{tenant}-P{seq:07}"),
-        quantity: 1 + (seq % 7) as i32,
-        length_mm: Some(1000.0 + (seq % 5000) as f64),
-        width_mm: Some(200.0),
-        height_mm: Some(10.0 + (seq % 40) as f64),
-        weight_kg: Some(12.5 + (seq % 100) as f64 / 10.0),
-        attributes: Some(Attributes::from(&json!({
+) -> Value {
+    json!({
+        "guid": guid,
+        "company_guid": company,
+        "assembly_guid": assembly,
+        "article_guid": article,
+        "mark": format!("T{tenant}-P{seq:07}"),
+        "quantity": 1 + seq % 7,
+        "length_mm": 1000.0 + (seq % 5000) as f64,
+        "width_mm": 200.0,
+        "height_mm": 10.0 + (seq % 40) as f64,
+        "weight_kg": 12.5 + (seq % 100) as f64 / 10.0,
+        "attributes": {
             "profile": "HEA200",
             "grade": "S355J2",
             "finish": "hot-dip galvanized",
             "phase": seq % 12,
             "drawing": format!("DWG-{tenant}-{:05}", seq % 10_000),
-        }))),
-    }
-}
-
-/// A batch as the HTTP body a client would send.
-pub fn request_body(items: &[Piece]) -> Vec<u8> {
-    serde_json::to_vec(items).unwrap_or_default()
+        },
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{read_items, Piece};
 
     #[test]
     fn batches_go_one_per_tenant_in_turn_until_every_tenant_is_done() {
@@ -140,9 +151,12 @@ mod tests {
             ]
         );
         for (tenant, batch) in in_sending_order(&loads) {
-            assert!(batch
+            let pieces: Vec<Piece> = read_items(&batch.body, usize::MAX).expect("valid");
+            assert!(pieces
                 .iter()
                 .all(|p| p.company_guid == loads[tenant].company));
+            let guids: Vec<Uuid> = pieces.iter().map(|p| p.guid).collect();
+            assert_eq!(guids, batch.guids);
         }
     }
 }

@@ -88,6 +88,8 @@ pub enum BenchError {
     Task(String),
     #[error("a work queue lock was poisoned")]
     Poisoned,
+    #[error("generated data is not a valid batch: {0}")]
+    Data(#[from] crate::domain::BatchError),
 }
 
 /// Everything one run measured.
@@ -189,8 +191,7 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
     };
     let loads = data::generate(items, batch_size, args.tenants, args.update_ratio);
     let items: usize = loads.iter().map(|l| l.items()).sum();
-    let sample_bytes =
-        data::request_body(&loads[0].batches[0]).len() / loads[0].batches[0].len().max(1);
+    let sample_bytes = loads[0].batches[0].body.len() / loads[0].batches[0].len().max(1);
     eprintln!(
         "bench: {items} pieces (~{sample_bytes} B each), batches of {batch_size}, {} tenants, {} shards",
         args.tenants, base.shards

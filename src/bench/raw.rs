@@ -9,7 +9,7 @@ use super::{
     BenchError,
 };
 use crate::{
-    domain::Batch,
+    domain::{Batch, Entity},
     queue::{BatchMessage, Topology},
     store,
 };
@@ -23,10 +23,7 @@ use lapin::{
     BasicProperties, Connection, ConnectionProperties,
 };
 use sqlx::{Acquire, PgPool};
-use std::{
-    sync::{Arc, Mutex},
-    time::Instant,
-};
+use std::{sync::Mutex, time::Instant};
 use uuid::Uuid;
 
 /// Upserts every batch with `store::upsert_batch`, one transaction per
@@ -36,32 +33,28 @@ pub async fn database(
     loads: &[TenantLoad],
     connections: usize,
 ) -> Result<Rate, BenchError> {
-    let work: Vec<Batch> = loads
+    // Read before the clock starts: this is the database's rate alone.
+    let work = loads
         .iter()
-        .flat_map(|l| l.batches.iter().cloned().map(Batch::Pieces))
-        .collect();
+        .flat_map(|l| &l.batches)
+        .map(|pieces| Batch::read(Entity::Pieces, &pieces.body, usize::MAX))
+        .collect::<Result<Vec<Batch>, _>>()?;
     let items: usize = work.iter().map(Batch::len).sum();
-    let queue = Arc::new(Mutex::new(work.into_iter()));
+    let queue = Mutex::new(work.into_iter());
     let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..connections.max(1) {
-        let pool = pool.clone();
-        let queue = queue.clone();
-        tasks.spawn(async move {
-            let mut conn = pool.acquire().await?;
-            loop {
-                let next = queue.lock().map_err(|_| BenchError::Poisoned)?.next();
-                let Some(batch) = next else { break };
-                let mut tx = conn.begin().await?;
-                store::upsert_batch(&mut tx, &batch).await?;
-                tx.commit().await?;
-            }
-            Ok::<(), BenchError>(())
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.map_err(|e| BenchError::Task(e.to_string()))??;
-    }
+    // The connections take turns on this task: the database does the work.
+    let connection = || async {
+        let mut conn = pool.acquire().await?;
+        loop {
+            let next = queue.lock().map_err(|_| BenchError::Poisoned)?.next();
+            let Some(batch) = next else { break };
+            let mut tx = conn.begin().await?;
+            store::upsert_batch(&mut tx, &batch).await?;
+            tx.commit().await?;
+        }
+        Ok::<(), BenchError>(())
+    };
+    futures_util::future::try_join_all((0..connections.max(1)).map(|_| connection())).await?;
     Ok(Rate::new(items, started.elapsed()))
 }
 
@@ -77,12 +70,18 @@ pub fn messages(loads: &[TenantLoad], topology: &Topology) -> Vec<RawMessage> {
     data::in_sending_order(loads)
         .map(|(tenant, items)| {
             let company = loads[tenant].company;
-            let batch = Batch::Pieces(items.clone());
-            let message = BatchMessage::new(Uuid::now_v7(), company, false, batch);
+            let id = Uuid::now_v7();
             RawMessage {
                 items: items.len(),
                 shard: topology.shard_for(company),
-                body: message.to_json(),
+                body: BatchMessage::forwarded(
+                    id,
+                    company,
+                    false,
+                    Entity::Pieces,
+                    &items.body,
+                    &items.guids,
+                ),
             }
         })
         .collect()

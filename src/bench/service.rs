@@ -3,7 +3,7 @@
 //! prefix, driven over HTTP.
 
 use super::{
-    data::{self, request_body, TenantLoad},
+    data::{self, TenantLoad},
     stats::{Latency, Rate},
     BenchError,
 };
@@ -197,7 +197,7 @@ impl Stack {
                 url: url.clone(),
                 token: Some(tokens[tenant].clone()),
                 items: batch.len(),
-                body: request_body(batch),
+                body: batch.body.clone(),
             })
             .collect())
     }

@@ -1,120 +1,155 @@
-//! An item's free-form `attributes`, kept as the JSON text the client sent.
-//!
-//! The service never looks inside them beyond two rules (an object, no
-//! NUL), so building a `serde_json::Value` tree for every item — and
-//! cloning it to bind it — was pure cost on the api and the worker alike.
+//! An item's free-form `attributes`: kept as the JSON text the client sent
+//! (bound to the `jsonb` column as it is), once serde_json has walked it
+//! to make sure PostgreSQL can store it.
 
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use std::fmt;
+use super::values::{Cell, ColumnType, FieldValue, Problem, NUL};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{json, value::RawValue, Value};
+use std::{borrow::Cow, cell::Cell as Slot, fmt};
 
-/// Raw JSON text of an item's attributes.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Attributes(Box<RawValue>);
+/// How deeply objects and arrays may nest in attributes (an object of
+/// scalars is one level): well within serde_json's recursion limit and
+/// PostgreSQL's stack.
+pub const MAX_DEPTH: usize = 100;
 
-impl Attributes {
+/// A JSON object that `jsonb` stores: no U+0000 in a string or key, no
+/// unpaired surrogate escape, nesting within [`MAX_DEPTH`], numbers within
+/// a double's range (I-JSON, RFC 7493).
+#[derive(Clone)]
+pub struct Attributes<'a>(Cow<'a, RawValue>);
+
+impl<'a> Attributes<'a> {
     /// The JSON text.
     pub fn json(&self) -> &RawValue {
         &self.0
     }
-
-    /// True when the text is a JSON object.
-    pub fn is_object(&self) -> bool {
-        self.0.get().trim_start().starts_with('{')
-    }
-
-    /// True when a string (or key) in it holds U+0000, which PostgreSQL
-    /// cannot store.
-    pub fn contains_nul(&self) -> bool {
-        contains_nul(self.0.get())
-    }
-
-    /// True when objects and arrays nest more than `limit` levels deep in it
-    /// (an object of scalars is one level). Kept as text, attributes escape
-    /// the parser's recursion limit, so this stands in for it.
-    pub fn nests_deeper_than(&self, limit: usize) -> bool {
-        nests_deeper_than(self.0.get(), limit)
-    }
 }
 
-/// [`Attributes::contains_nul`] on JSON text. In JSON text that character
-/// can only be the escape `\u0000`; escapes never overlap, so one pass over
-/// them finds it.
-pub(super) fn contains_nul(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    let mut at = 0;
-    while let Some(offset) = memchr::memchr(b'\\', &bytes[at..]) {
-        let escape = at + offset;
-        if bytes.get(escape + 1) == Some(&b'u') {
-            if bytes.get(escape + 2..escape + 6) == Some(b"0000") {
-                return true;
-            }
-            at = escape + 6;
-        } else {
-            at = escape + 2;
+impl<'a> FieldValue<'a> for Attributes<'a> {
+    const COLUMN: ColumnType = ColumnType::Jsonb;
+
+    fn read(json: &'a str) -> Result<Self, Problem> {
+        if !json.starts_with('{') {
+            return Err("must be a JSON object".into());
         }
-        if at >= bytes.len() {
-            break;
+        check(json)?;
+        let raw: &'a RawValue =
+            serde_json::from_str(json).map_err(|e| Problem::Owned(e.to_string()))?;
+        Ok(Attributes(Cow::Borrowed(raw)))
+    }
+
+    fn schema() -> Value {
+        json!({"type": "object"})
+    }
+
+    fn cell(&self) -> Cell<'_> {
+        Cell::Jsonb(&self.0)
+    }
+}
+
+/// Walks `json` with serde_json, which decodes every string and key as
+/// `jsonb` will (an unpaired surrogate fails there as it would in
+/// PostgreSQL), allocating nothing for text without escapes.
+fn check(json: &str) -> Result<(), Problem> {
+    let problem = Slot::new(None);
+    let mut reader = serde_json::Deserializer::from_str(json);
+    let walk = Walk {
+        depth: 0,
+        problem: &problem,
+    };
+    let walked = de::DeserializeSeed::deserialize(walk, &mut reader).and_then(|()| reader.end());
+    match (walked, problem.take()) {
+        (_, Some(problem)) => Err(problem),
+        (Ok(()), None) => Ok(()),
+        (Err(e), None) => Err(format!("is not JSON that PostgreSQL can store ({e})").into()),
+    }
+}
+
+/// One value `depth` levels down; the first rule broken goes to `problem`
+/// and stops the walk.
+#[derive(Clone, Copy)]
+struct Walk<'p> {
+    depth: usize,
+    problem: &'p Slot<Option<Problem>>,
+}
+
+impl Walk<'_> {
+    fn refuse<E: de::Error>(self, problem: &'static str) -> E {
+        self.problem.set(Some(problem.into()));
+        E::custom(problem)
+    }
+
+    fn deeper<E: de::Error>(self) -> Result<Self, E> {
+        if self.depth == MAX_DEPTH {
+            return Err(self.refuse(DEEP));
         }
+        Ok(Walk {
+            depth: self.depth + 1,
+            ..self
+        })
     }
-    false
 }
 
-/// [`Attributes::nests_deeper_than`] on JSON text.
-pub(super) fn nests_deeper_than(text: &str, limit: usize) -> bool {
-    // Each level takes an opening and a closing bracket, so short text
-    // cannot nest deeply; and depth never exceeds the number of opening
-    // brackets, much cheaper to count than telling strings from
-    // structure. Only text that passes both is walked.
-    if text.len() <= 2 * limit {
-        return false;
+const DEEP: &str = "must not nest objects and arrays more than 100 levels deep";
+
+impl<'de> de::DeserializeSeed<'de> for Walk<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
     }
-    let brackets = text.bytes().filter(|&b| b == b'{' || b == b'[').count();
-    brackets > limit && depth(text) > limit
 }
 
-/// How deeply objects and arrays nest in JSON text.
-fn depth(text: &str) -> usize {
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for &b in text.as_bytes() {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-        } else {
-            match b {
-                b'"' => in_string = true,
-                b'{' | b'[' => {
-                    depth += 1;
-                    deepest = deepest.max(depth);
-                }
-                b'}' | b']' => depth = depth.saturating_sub(1),
-                _ => {}
-            }
+impl<'de> Visitor<'de> for Walk<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    visit_scalars!(|_| Ok(()));
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<(), E> {
+        if s.contains('\0') {
+            return Err(self.refuse(NUL));
         }
+        Ok(())
     }
-    deepest
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.deeper()?;
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.deeper()?;
+        while map.next_key_seed(Key(self))?.is_some() {
+            map.next_value_seed(inner)?;
+        }
+        Ok(())
+    }
 }
 
-impl From<&serde_json::Value> for Attributes {
-    fn from(value: &serde_json::Value) -> Self {
-        Attributes(serde_json::value::to_raw_value(value).expect("a Value always serialises"))
+/// A key, read as a string so that serde_json decodes its escapes.
+struct Key<'p>(Walk<'p>);
+
+impl<'de> de::DeserializeSeed<'de> for Key<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self.0)
     }
 }
 
 /// Equal when the texts are equal (the same value spelt differently is not).
-impl PartialEq for Attributes {
+impl PartialEq for Attributes<'_> {
     fn eq(&self, other: &Self) -> bool {
         self.0.get() == other.0.get()
     }
 }
 
-impl fmt::Debug for Attributes {
+impl fmt::Debug for Attributes<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.0.get())
     }
@@ -123,52 +158,45 @@ impl fmt::Debug for Attributes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
-    fn parsed(text: &str) -> Attributes {
-        serde_json::from_str(text).expect("valid JSON")
+    fn verdict(json: &str) -> Result<(), Problem> {
+        Attributes::read(json).map(drop)
+    }
+
+    fn nested(depth: usize) -> String {
+        format!(
+            "{{\"a\":{}1{}}}",
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        )
     }
 
     #[test]
-    fn nul_is_found_as_the_escape_only() {
-        assert!(parsed(r#"{"a": [1, {"b": "x\u0000"}]}"#).contains_nul());
-        assert!(parsed(r#"{"k\u0000": 1}"#).contains_nul());
-        assert!(parsed(r#"{"a": "\\\u0000"}"#).contains_nul());
-        assert!(!parsed(r#"{"a": "\\u0000"}"#).contains_nul());
-        assert!(parsed(r#"{"a": "\u00001"}"#).contains_nul());
-        assert!(!parsed(r#"{"a": "\u0041\u00e9"}"#).contains_nul());
-        assert!(!parsed(r#"{"a": "\"", "b": "\\"}"#).contains_nul());
-        assert!(Attributes::from(&json!({"k": "a\u{0}"})).contains_nul());
-    }
-
-    #[test]
-    fn depth_counts_nesting_outside_strings() {
-        assert_eq!(depth("{}"), 1);
-        assert_eq!(depth(r#"{"a": [1, {"b": "[[{{"}], "c": {}}"#), 3);
-        assert_eq!(depth(r#"{"a": "\"[", "b": "\\", "c": [[]]}"#), 3);
-    }
-
-    #[test]
-    fn nesting_is_compared_with_a_limit() {
-        let text = format!(
-            "{{\"a\": {}1{}, \"b\": \"[[[[\"}}",
-            "[".repeat(3),
-            "]".repeat(3)
-        );
-        let attributes = parsed(&text);
-        assert!(attributes.nests_deeper_than(3));
-        assert!(!attributes.nests_deeper_than(4));
-        assert!(!parsed(r#"{"b": "[[[[[["}"#).nests_deeper_than(1));
-        // The tightest nesting there is: two bytes a level.
-        assert!(parsed("[[[]]]").nests_deeper_than(2));
-        assert!(!parsed("[[[]]]").nests_deeper_than(3));
-    }
-
-    #[test]
-    fn only_objects_are_objects() {
-        assert!(parsed(r#" {"a": 1}"#).is_object());
-        for text in ["[1]", "\"{\"", "1", "null", "true"] {
-            assert!(!parsed(text).is_object(), "{text}");
+    fn only_storable_objects_are_attributes() {
+        for good in [
+            r#"{"a": [1, {"b": "x"}], "c": null, "d": -0, "e": 1.5e300}"#,
+            r#"{"k\u00e9": "\ud83d\ude00", "q": "\"\\u0000\""}"#,
+            "{}",
+        ] {
+            assert_eq!(verdict(good), Ok(()), "{good}");
         }
+        assert_eq!(verdict(r#"{"a": "x\u0000"}"#), Err(NUL.into()));
+        assert_eq!(verdict(r#"{"k\u0000": 1}"#), Err(NUL.into()));
+        for bad in [
+            r#"{"a": "\udc00"}"#,
+            r#"{"a\ud800": 1}"#,
+            r#"{"a": [1e400]}"#,
+            "[1]",
+            "\"{\"",
+        ] {
+            assert!(verdict(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        assert_eq!(verdict(&nested(MAX_DEPTH)), Ok(()));
+        assert_eq!(verdict(&nested(MAX_DEPTH + 1)), Err(DEEP.into()));
+        assert_eq!(verdict(&nested(10_000)), Err(DEEP.into()));
     }
 }

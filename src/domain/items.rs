@@ -1,134 +1,28 @@
-//! The typed, validated form of each entity's items, as carried in queue
-//! messages and written to the database.
+//! The five entities, each described once in [`entity!`]: its fields, in
+//! order, with their types (which carry the rules, see `values`), whether
+//! each is required, optional or defaulted, and which other entity it
+//! refers to. From that one description come the item type, its reading
+//! (`reader`), its columns and binds (`store::entities`) and its OpenAPI
+//! schema (`api::openapi`).
 
+use super::values::{
+    Cell, Code, ColumnType, FieldValue, Label, Measure, Name, Note, Problem, ProjectStatus,
+    Quantity,
+};
 use super::{Attributes, Entity};
 use chrono::NaiveDate;
-use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use uuid::Uuid;
 
-/// Lifecycle state of a project.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum ProjectStatus {
-    Planned,
-    #[default]
-    Active,
-    OnHold,
-    Completed,
-    Archived,
-}
-
-impl ProjectStatus {
-    /// Every accepted spelling, for validation messages.
-    pub const NAMES: [&'static str; 5] = ["planned", "active", "on_hold", "completed", "archived"];
-
-    /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProjectStatus::Planned => "planned",
-            ProjectStatus::Active => "active",
-            ProjectStatus::OnHold => "on_hold",
-            ProjectStatus::Completed => "completed",
-            ProjectStatus::Archived => "archived",
-        }
-    }
-}
-
-/// A project: the root every other record hangs from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Project {
-    #[serde(default = "Uuid::now_v7")]
-    pub guid: Uuid,
-    pub company_guid: Uuid,
-    pub number: String,
-    pub name: String,
-    pub description: Option<String>,
-    #[serde(default)]
-    pub status: ProjectStatus,
-    #[serde(default, deserialize_with = "strict_date")]
-    pub start_date: Option<NaiveDate>,
-    #[serde(default, deserialize_with = "strict_date")]
-    pub end_date: Option<NaiveDate>,
-    pub attributes: Option<Attributes>,
-}
-
-/// A component of a project (a building part, a system, …).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Component {
-    #[serde(default = "Uuid::now_v7")]
-    pub guid: Uuid,
-    pub company_guid: Uuid,
-    pub project_guid: Uuid,
-    pub name: String,
-    pub component_type: Option<String>,
-    pub description: Option<String>,
-    pub attributes: Option<Attributes>,
-}
-
-/// An assembly: pieces joined under one mark.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Assembly {
-    #[serde(default = "Uuid::now_v7")]
-    pub guid: Uuid,
-    pub company_guid: Uuid,
-    pub project_guid: Uuid,
-    pub component_guid: Option<Uuid>,
-    pub mark: String,
-    pub name: Option<String>,
-    #[serde(default = "one")]
-    pub quantity: i32,
-    pub attributes: Option<Attributes>,
-}
-
-/// A single manufactured piece of an assembly.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Piece {
-    #[serde(default = "Uuid::now_v7")]
-    pub guid: Uuid,
-    pub company_guid: Uuid,
-    pub assembly_guid: Uuid,
-    pub article_guid: Option<Uuid>,
-    pub mark: String,
-    #[serde(default = "one")]
-    pub quantity: i32,
-    pub length_mm: Option<f64>,
-    pub width_mm: Option<f64>,
-    pub height_mm: Option<f64>,
-    pub weight_kg: Option<f64>,
-    pub attributes: Option<Attributes>,
-}
-
-/// A catalogue article (profile, plate, bolt …) pieces are made of.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Article {
-    #[serde(default = "Uuid::now_v7")]
-    pub guid: Uuid,
-    pub company_guid: Uuid,
-    pub number: String,
-    pub name: String,
-    pub unit: Option<String>,
-    pub description: Option<String>,
-    pub attributes: Option<Attributes>,
-}
-
-fn one() -> i32 {
-    1
-}
-
-/// Dates exactly as validation accepts them (`YYYY-MM-DD`); chrono's own
-/// deserializer is more lenient.
-fn strict_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<NaiveDate>, D::Error> {
-    let Some(text) = Option::<String>::deserialize(d)? else {
-        return Ok(None);
-    };
-    super::validate::parse_date(&text)
-        .map(Some)
-        .ok_or_else(|| serde::de::Error::custom("is not a valid date (YYYY-MM-DD)"))
+/// One field of an entity, as the reader, the store and the OpenAPI
+/// document see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Field {
+    pub name: &'static str,
+    pub required: bool,
+    pub column: ColumnType,
+    /// JSON Schema of a present value (`null` stands for absent).
+    pub schema: fn() -> Value,
 }
 
 /// A reference from an item to another entity, which must not belong to
@@ -139,133 +33,249 @@ pub struct Reference {
     pub guid: Uuid,
 }
 
-/// What every item has in common, whatever its entity.
-pub trait SyncItem {
-    /// The entity this item type belongs to.
+/// Where one item's problems go: the item's index and the batch's list.
+pub struct Problems<'e> {
+    pub index: usize,
+    pub errors: &'e mut Vec<super::FieldError>,
+}
+
+impl Problems<'_> {
+    pub fn add(&mut self, field: &str, message: Problem) {
+        self.errors
+            .push(super::FieldError::item(self.index, field, message));
+    }
+}
+
+/// What every entity's item type has, generated by [`entity!`].
+pub trait Item<'a>: Sized {
     const ENTITY: Entity;
-    /// The item's GUID (always assigned once validated).
+    /// Every field, in order: `guid`, `company_guid`, the entity's own,
+    /// `attributes`.
+    const FIELDS: &'static [Field];
+
+    /// The item from the JSON text of each field's value, in
+    /// [`Item::FIELDS`] order (`None`: absent or `null`). Every problem
+    /// is added; `None` if there was one.
+    fn from_values(values: &[Option<&'a str>], problems: &mut Problems) -> Option<Self>;
     fn guid(&self) -> Uuid;
-    /// The tenant the item belongs to.
+    fn set_guid(&mut self, guid: Uuid);
     fn company_guid(&self) -> Uuid;
     /// The other entities this item points at.
     fn references(&self) -> Vec<Reference>;
+    /// Each field's cell, in [`Item::FIELDS`] order (`None`: SQL NULL).
+    fn cells<'s>(&'s self, out: &mut Vec<Option<Cell<'s>>>);
 }
 
-fn reference(target: Entity, guid: Option<Uuid>) -> Option<Reference> {
-    guid.map(|guid| Reference { target, guid })
+/// A required field's value; "is required" if absent.
+fn required<'a, T: FieldValue<'a>>(
+    json: Option<&'a str>,
+    name: &str,
+    problems: &mut Problems,
+) -> Option<T> {
+    let Some(json) = json else {
+        problems.add(name, "is required".into());
+        return None;
+    };
+    T::read(json).map_err(|p| problems.add(name, p)).ok()
 }
 
-macro_rules! sync_item {
-    ($ty:ty, $entity:expr, |$it:ident| $refs:expr) => {
-        impl SyncItem for $ty {
-            const ENTITY: Entity = $entity;
+/// An optional field's value (`Some(None)` when absent).
+fn optional<'a, T: FieldValue<'a>>(
+    json: Option<&'a str>,
+    name: &str,
+    problems: &mut Problems,
+) -> Option<Option<T>> {
+    match json {
+        None => Some(None),
+        Some(json) => T::read(json)
+            .map(Some)
+            .map_err(|p| problems.add(name, p))
+            .ok(),
+    }
+}
+
+/// A field that takes its type's default when absent.
+fn defaulted<'a, T: FieldValue<'a> + Default>(
+    json: Option<&'a str>,
+    name: &str,
+    problems: &mut Problems,
+) -> Option<T> {
+    optional(json, name, problems).map(Option::unwrap_or_default)
+}
+
+/// Describes an entity: `mode field: Type [=> ReferencedEntity]`, mode one
+/// of `required`, `optional`, `defaulted`. Every entity also has `guid`
+/// (assigned when absent), `company_guid` and `attributes`. `check` names
+/// a rule across fields, run on an item whose fields are all valid.
+macro_rules! entity {
+    (@type optional $ty:ty) => { Option<$ty> };
+    (@type $mode:ident $ty:ty) => { $ty };
+    (@required required) => { true };
+    (@required $mode:ident) => { false };
+    (@cell optional $value:expr) => { $value.as_ref().map(FieldValue::cell) };
+    (@cell $mode:ident $value:expr) => { Some(FieldValue::cell(&$value)) };
+    (@reference optional $value:expr, $target:ident) => {
+        $value.map(|guid| Reference { target: Entity::$target, guid })
+    };
+    (@reference $mode:ident $value:expr, $target:ident) => {
+        Some(Reference { target: Entity::$target, guid: $value })
+    };
+    (
+        $(#[$doc:meta])*
+        $item:ident: $entity:ident {
+            $( $mode:ident $field:ident: $ty:ty $(=> $target:ident)? ),* $(,)?
+        }
+        $(check $check:path)?
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $item<'a> {
+            pub guid: Uuid,
+            pub company_guid: Uuid,
+            $( pub $field: entity!(@type $mode $ty), )*
+            pub attributes: Option<Attributes<'a>>,
+        }
+
+        impl<'a> Item<'a> for $item<'a> {
+            const ENTITY: Entity = Entity::$entity;
+            const FIELDS: &'static [Field] = &[
+                Field { name: "guid", required: false, column: ColumnType::Uuid,
+                        schema: <Uuid as FieldValue>::schema },
+                Field { name: "company_guid", required: true, column: ColumnType::Uuid,
+                        schema: <Uuid as FieldValue>::schema },
+                $( Field {
+                    name: stringify!($field),
+                    required: entity!(@required $mode),
+                    column: <$ty as FieldValue>::COLUMN,
+                    schema: <$ty as FieldValue>::schema,
+                }, )*
+                Field { name: "attributes", required: false, column: ColumnType::Jsonb,
+                        schema: <Attributes as FieldValue>::schema },
+            ];
+
+            fn from_values(values: &[Option<&'a str>], problems: &mut Problems) -> Option<Self> {
+                let mut values = values.iter().copied();
+                let mut next = || values.next().flatten();
+                let guid = optional::<Uuid>(next(), "guid", problems);
+                let company_guid = required::<Uuid>(next(), "company_guid", problems);
+                $( let $field = $mode::<$ty>(next(), stringify!($field), problems); )*
+                let attributes = optional::<Attributes>(next(), "attributes", problems);
+                let item = $item {
+                    guid: guid?.unwrap_or_else(Uuid::now_v7),
+                    company_guid: company_guid?,
+                    $( $field: $field?, )*
+                    attributes: attributes?,
+                };
+                $( if let Err((field, message)) = $check(&item) {
+                    problems.add(field, message.into());
+                    return None;
+                } )?
+                Some(item)
+            }
+
             fn guid(&self) -> Uuid {
                 self.guid
             }
+
+            fn set_guid(&mut self, guid: Uuid) {
+                self.guid = guid;
+            }
+
             fn company_guid(&self) -> Uuid {
                 self.company_guid
             }
+
             fn references(&self) -> Vec<Reference> {
-                let $it = self;
-                $refs.into_iter().flatten().collect()
+                let references: Vec<Option<Reference>> = vec![
+                    $( $( entity!(@reference $mode self.$field, $target), )? )*
+                ];
+                references.into_iter().flatten().collect()
+            }
+
+            fn cells<'s>(&'s self, out: &mut Vec<Option<Cell<'s>>>) {
+                out.push(Some(Cell::Uuid(self.guid)));
+                out.push(Some(Cell::Uuid(self.company_guid)));
+                $( out.push(entity!(@cell $mode self.$field)); )*
+                out.push(entity!(@cell optional self.attributes));
             }
         }
     };
 }
 
-sync_item!(Project, Entity::Projects, |_p| [None]);
-sync_item!(Article, Entity::Articles, |_a| [None]);
-sync_item!(Component, Entity::Components, |c| [reference(
-    Entity::Projects,
-    Some(c.project_guid)
-)]);
-sync_item!(Assembly, Entity::Assemblies, |a| [
-    reference(Entity::Projects, Some(a.project_guid)),
-    reference(Entity::Components, a.component_guid),
-]);
-sync_item!(Piece, Entity::Pieces, |p| [
-    reference(Entity::Assemblies, Some(p.assembly_guid)),
-    reference(Entity::Articles, p.article_guid),
-]);
-
-/// A validated batch of one entity's items, GUIDs assigned.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "entity", content = "items", rename_all = "snake_case")]
-pub enum Batch {
-    Projects(Vec<Project>),
-    Components(Vec<Component>),
-    Assemblies(Vec<Assembly>),
-    Pieces(Vec<Piece>),
-    Articles(Vec<Article>),
+entity! {
+    /// A project: the root every other record hangs from.
+    Project: Projects {
+        required number: Code<'a>,
+        required name: Name<'a>,
+        optional description: Note<'a>,
+        defaulted status: ProjectStatus,
+        optional start_date: NaiveDate,
+        optional end_date: NaiveDate,
+    }
+    check dates_in_order
 }
 
-/// Applies `$body` to the batch's item vector, whatever its type.
-#[macro_export]
-macro_rules! with_items {
-    ($batch:expr, |$items:ident| $body:expr) => {
-        match $batch {
-            $crate::domain::Batch::Projects($items) => $body,
-            $crate::domain::Batch::Components($items) => $body,
-            $crate::domain::Batch::Assemblies($items) => $body,
-            $crate::domain::Batch::Pieces($items) => $body,
-            $crate::domain::Batch::Articles($items) => $body,
+fn dates_in_order(project: &Project) -> Result<(), (&'static str, &'static str)> {
+    match (project.start_date, project.end_date) {
+        (Some(start), Some(end)) if end < start => {
+            Err(("end_date", "must not be before start_date"))
         }
-    };
+        _ => Ok(()),
+    }
 }
 
-impl Batch {
-    /// The entity of every item in the batch.
-    pub fn entity(&self) -> Entity {
-        match self {
-            Batch::Projects(_) => Entity::Projects,
-            Batch::Components(_) => Entity::Components,
-            Batch::Assemblies(_) => Entity::Assemblies,
-            Batch::Pieces(_) => Entity::Pieces,
-            Batch::Articles(_) => Entity::Articles,
-        }
+entity! {
+    /// A component of a project (a building part, a system, …).
+    Component: Components {
+        required project_guid: Uuid => Projects,
+        required name: Name<'a>,
+        optional component_type: Note<'a>,
+        optional description: Note<'a>,
     }
+}
 
-    /// Number of items.
-    pub fn len(&self) -> usize {
-        with_items!(self, |items| items.len())
+entity! {
+    /// An assembly: pieces joined under one mark.
+    Assembly: Assemblies {
+        required project_guid: Uuid => Projects,
+        optional component_guid: Uuid => Components,
+        required mark: Code<'a>,
+        optional name: Label<'a>,
+        defaulted quantity: Quantity,
     }
+}
 
-    /// True for an empty batch.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+entity! {
+    /// A single manufactured piece of an assembly.
+    Piece: Pieces {
+        required assembly_guid: Uuid => Assemblies,
+        optional article_guid: Uuid => Articles,
+        required mark: Code<'a>,
+        defaulted quantity: Quantity,
+        optional length_mm: Measure,
+        optional width_mm: Measure,
+        optional height_mm: Measure,
+        optional weight_kg: Measure,
     }
+}
 
-    /// Every item's GUID, in submission order.
-    pub fn guids(&self) -> Vec<Uuid> {
-        with_items!(self, |items| items.iter().map(SyncItem::guid).collect())
+entity! {
+    /// A catalogue article (profile, plate, bolt …) pieces are made of.
+    Article: Articles {
+        required number: Code<'a>,
+        required name: Name<'a>,
+        optional unit: Note<'a>,
+        optional description: Note<'a>,
     }
+}
 
-    /// Gives the items these GUIDs, in order (as many as there are items).
-    pub fn assign_guids(&mut self, guids: &[Uuid]) {
-        with_items!(self, |items| {
-            for (item, guid) in items.iter_mut().zip(guids) {
-                item.guid = *guid;
-            }
-        })
-    }
-
-    /// Every item's company, in submission order.
-    pub fn companies(&self) -> Vec<Uuid> {
-        with_items!(self, |items| items
-            .iter()
-            .map(SyncItem::company_guid)
-            .collect())
-    }
-
-    /// Every item's references, paired with the item's index.
-    pub fn references(&self) -> Vec<(usize, Uuid, Reference)> {
-        with_items!(self, |items| items
-            .iter()
-            .enumerate()
-            .flat_map(|(i, it)| {
-                let company = it.company_guid();
-                it.references().into_iter().map(move |r| (i, company, r))
-            })
-            .collect())
+/// The fields of `entity`'s items.
+pub fn fields(entity: Entity) -> &'static [Field] {
+    match entity {
+        Entity::Projects => Project::FIELDS,
+        Entity::Components => Component::FIELDS,
+        Entity::Assemblies => Assembly::FIELDS,
+        Entity::Pieces => Piece::FIELDS,
+        Entity::Articles => Article::FIELDS,
     }
 }

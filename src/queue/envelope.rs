@@ -1,36 +1,56 @@
 //! The message a batch travels in, from api to worker.
 //!
-//! Version 2 carries every item's GUID in `guids`, beside the items: that
-//! lets the api forward a valid request's items exactly as the client sent
-//! them (some without a GUID) instead of serialising them again, which was
-//! a fifth of its CPU time. Workers still read version 1, whose items carry
+//! Version 2 carries every item's GUID in `guids`, beside the items, so that
+//! the api forwards a valid request's items exactly as the client sent them
+//! (some without a GUID). Workers still read version 1, whose items carry
 //! their GUIDs, so a queue filled by an older api drains after an upgrade.
 
-use crate::domain::{guid_list, Batch, Entity};
+use super::guid_list;
+use crate::domain::{Batch, BatchError, Entity};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 /// Version of the message format the api writes.
 pub const MESSAGE_VERSION: u32 = 2;
 
-/// A generous guess of an item's serialised size, to size the buffer once.
-const BYTES_PER_ITEM: usize = 512;
-
-/// One accepted request: the job it belongs to and its validated items.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatchMessage {
+/// One accepted request, as the worker reads it: the job it belongs to and
+/// its items, read by the same reader as the api's (`domain::read_items`)
+/// and borrowing their texts from the message body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchMessage<'a> {
     pub version: u32,
     pub correlation_id: Uuid,
     /// The company the batch (and its job) belongs to.
     pub company_guid: Uuid,
-    #[serde(default)]
     pub dry_run: bool,
-    pub batch: Batch,
+    pub batch: Batch<'a>,
+}
+
+/// A message body as it travels; the items are read once the entity is
+/// known.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope<'a> {
+    version: u32,
+    correlation_id: Uuid,
+    company_guid: Uuid,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(borrow)]
+    batch: Items<'a>,
     /// Every item's GUID, in order; they win over what the items say
     /// (version 2; absent in version 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub guids: Option<Vec<Uuid>>,
+    #[serde(default)]
+    guids: Option<Vec<Uuid>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Items<'a> {
+    entity: Entity,
+    #[serde(borrow)]
+    items: &'a RawValue,
 }
 
 /// The fields of a message besides its items.
@@ -115,37 +135,15 @@ pub enum EnvelopeError {
     UnknownVersion(u32),
     #[error("{guids} guids for {items} items")]
     GuidCount { guids: usize, items: usize },
+    #[error("the items are not a valid batch: {0}")]
+    Items(String),
 }
 
-impl BatchMessage {
-    /// A current-version message for a validated batch.
-    pub fn new(correlation_id: Uuid, company_guid: Uuid, dry_run: bool, batch: Batch) -> Self {
-        BatchMessage {
-            version: MESSAGE_VERSION,
-            correlation_id,
-            company_guid,
-            dry_run,
-            guids: Some(batch.guids()),
-            batch,
-        }
-    }
-
-    /// Serialises the message body.
-    pub fn to_json(&self) -> Vec<u8> {
-        // Sized up front: growing a buffer of a few hundred KiB by doubling
-        // copies it over and over.
-        let mut body = Vec::with_capacity(BYTES_PER_ITEM * self.batch.len() + 256);
-        serde_json::to_writer(&mut body, self)
-            .unwrap_or_else(|e| unreachable!("a batch always serialises: {e}"));
-        body
-    }
-
-    /// The body of the message [`BatchMessage::new`] would make, with the
-    /// items copied from `items_json` — a JSON array of `entity` items that
-    /// parses to that batch, bar the GUIDs, which `guids` carries — rather
-    /// than serialised again. The api builds it piece by piece
-    /// ([`ForwardedMessage`]); this is the same in one call, for tests.
-    #[cfg(test)]
+impl<'a> BatchMessage<'a> {
+    /// The body of a current-version message of `entity` items, copied
+    /// from `items_json` (a JSON array of them) as they are; `guids` holds
+    /// every item's GUID. The api builds it piece by piece
+    /// ([`ForwardedMessage`]); this is the same in one call.
     pub fn forwarded(
         correlation_id: Uuid,
         company_guid: Uuid,
@@ -160,114 +158,141 @@ impl BatchMessage {
     }
 
     /// Reads a message body (version 1 or 2).
-    pub fn from_json(body: &[u8]) -> Result<Self, EnvelopeError> {
-        let mut message: BatchMessage = serde_json::from_slice(body)?;
-        match (message.version, &message.guids) {
+    pub fn from_json(body: &'a [u8]) -> Result<Self, EnvelopeError> {
+        let envelope: Envelope<'a> = serde_json::from_slice(body)?;
+        if !matches!(envelope.version, 1 | 2) {
+            return Err(EnvelopeError::UnknownVersion(envelope.version));
+        }
+        let items = envelope.batch.items.get().as_bytes();
+        let mut batch = Batch::read(envelope.batch.entity, items, usize::MAX).map_err(|e| {
+            let problems = match e {
+                BatchError::Invalid(errors) => serde_json::to_string(&errors).unwrap_or_default(),
+                other => other.to_string(),
+            };
+            EnvelopeError::Items(problems)
+        })?;
+        match (envelope.version, &envelope.guids) {
             (1, _) => {}
-            (2, Some(guids)) if guids.len() == message.batch.len() => {
-                message.batch.assign_guids(guids);
-            }
+            (2, Some(guids)) if guids.len() == batch.len() => batch.assign_guids(guids),
             (2, guids) => {
                 return Err(EnvelopeError::GuidCount {
                     guids: guids.as_ref().map_or(0, Vec::len),
-                    items: message.batch.len(),
+                    items: batch.len(),
                 })
             }
             (other, _) => return Err(EnvelopeError::UnknownVersion(other)),
         }
-        Ok(message)
+        Ok(BatchMessage {
+            version: envelope.version,
+            correlation_id: envelope.correlation_id,
+            company_guid: envelope.company_guid,
+            dry_run: envelope.dry_run,
+            batch,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::parse_batch;
+    use crate::domain::read_items;
     use serde_json::json;
 
-    fn body(company: Uuid) -> Vec<u8> {
+    fn items(company: Uuid) -> (Vec<u8>, Uuid) {
         let given = Uuid::now_v7();
-        serde_json::to_vec(&json!([
+        let body = serde_json::to_vec(&json!([
             {"company_guid": company, "assembly_guid": Uuid::now_v7(), "mark": "A-1",
              "attributes": {"grade": "S355", "n": [1.5, null]}},
             {"guid": given, "company_guid": company, "assembly_guid": Uuid::now_v7(),
              "mark": "A-2", "length_mm": 1200}
         ]))
-        .expect("json")
+        .expect("json");
+        (body, given)
     }
 
     #[test]
-    fn a_forwarded_body_reads_as_the_message_it_stands_for() {
+    fn a_forwarded_body_reads_as_the_items_sent_with_their_guids() {
         let company = Uuid::now_v7();
-        let items = body(company);
-        let batch = parse_batch(Entity::Pieces, &items, 10).expect("valid");
+        let (body, given) = items(company);
+        let guids = [Uuid::now_v7(), given];
         let id = Uuid::now_v7();
-        let message = BatchMessage::new(id, company, true, batch.clone());
-
-        let forwarded =
-            BatchMessage::forwarded(id, company, true, Entity::Pieces, &items, &batch.guids());
-
-        let read = BatchMessage::from_json(&forwarded).expect("readable");
-        assert_eq!(read, message);
+        let message = BatchMessage::forwarded(id, company, true, Entity::Pieces, &body, &guids);
+        let read = BatchMessage::from_json(&message).expect("readable");
         assert_eq!(
-            BatchMessage::from_json(&message.to_json()).expect("readable"),
-            message
+            (
+                read.version,
+                read.correlation_id,
+                read.company_guid,
+                read.dry_run
+            ),
+            (MESSAGE_VERSION, id, company, true)
         );
+        let mut sent = Batch::Pieces(read_items(&body, 10).expect("valid"));
+        sent.assign_guids(&guids);
+        assert_eq!(read.batch, sent);
     }
 
     #[test]
     fn items_read_in_pieces_make_the_same_message() {
         let company = Uuid::now_v7();
-        let items = body(company);
-        let guids = parse_batch(Entity::Pieces, &items, 10)
-            .expect("valid")
-            .guids();
+        let (body, given) = items(company);
+        let guids = [Uuid::now_v7(), given];
         let id = Uuid::now_v7();
-        let whole = BatchMessage::forwarded(id, company, false, Entity::Pieces, &items, &guids);
-        for piece in [1, 7, items.len()] {
+        let whole = BatchMessage::forwarded(id, company, false, Entity::Pieces, &body, &guids);
+        for piece in [1, 7, body.len()] {
             // Announced length wrong on purpose: the buffer grows as needed.
             let mut message = ForwardedMessage::new(Entity::Pieces, 3);
-            for chunk in items.chunks(piece) {
+            for chunk in body.chunks(piece) {
                 message.push_items(chunk);
             }
-            assert_eq!(message.items(), items.as_slice());
+            assert_eq!(message.items(), body.as_slice());
             assert_eq!(message.finish(id, company, false, &guids), whole);
         }
-        let read = BatchMessage::from_json(&whole).expect("readable");
-        assert_eq!((read.correlation_id, read.company_guid), (id, company));
-        assert_eq!(read.guids.as_deref(), Some(guids.as_slice()));
     }
 
+    /// What the version before the forwarded items wrote: typed items,
+    /// every field spelt out, `null` for absent ones.
     #[test]
     fn version_1_messages_are_still_read() {
-        let company = Uuid::now_v7();
-        let batch = parse_batch(Entity::Pieces, &body(company), 10).expect("valid");
-        let v1 = BatchMessage {
-            version: 1,
-            guids: None,
-            ..BatchMessage::new(Uuid::now_v7(), company, false, batch)
+        let (id, company, guid) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let v1 = json!({"version": 1, "correlation_id": id, "company_guid": company,
+            "dry_run": false, "batch": {"entity": "projects", "items": [
+                {"guid": guid, "company_guid": company, "number": "P-1", "name": "Hall",
+                 "description": null, "status": "on_hold", "start_date": "2024-01-01",
+                 "end_date": null, "attributes": {"a": 1}}]}});
+        let body = v1.to_string();
+        let read = BatchMessage::from_json(body.as_bytes()).expect("readable");
+        let Batch::Projects(projects) = &read.batch else {
+            panic!("projects expected")
         };
         assert_eq!(
-            BatchMessage::from_json(&v1.to_json()).expect("readable"),
-            v1
+            (projects[0].guid, projects[0].company_guid),
+            (guid, company)
         );
+        assert_eq!(projects[0].status, crate::domain::ProjectStatus::OnHold);
+        assert_eq!(projects[0].end_date, None);
     }
 
     #[test]
-    fn wrong_guid_counts_and_unknown_versions_are_refused() {
+    fn wrong_guid_counts_unknown_versions_and_invalid_items_are_refused() {
         let company = Uuid::now_v7();
-        let batch = parse_batch(Entity::Pieces, &body(company), 10).expect("valid");
-        let mut short = BatchMessage::new(Uuid::now_v7(), company, false, batch.clone());
-        short.guids = Some(vec![Uuid::now_v7()]);
+        let (body, _) = items(company);
+        let id = Uuid::now_v7();
+        let short = BatchMessage::forwarded(id, company, false, Entity::Pieces, &body, &[id]);
         assert!(matches!(
-            BatchMessage::from_json(&short.to_json()),
+            BatchMessage::from_json(&short),
             Err(EnvelopeError::GuidCount { guids: 1, items: 2 })
         ));
-        let mut future = BatchMessage::new(Uuid::now_v7(), company, false, batch);
-        future.version = 3;
+        let mut future: serde_json::Value = serde_json::from_slice(&short).expect("json");
+        future["version"] = json!(3);
         assert!(matches!(
-            BatchMessage::from_json(&future.to_json()),
+            BatchMessage::from_json(future.to_string().as_bytes()),
             Err(EnvelopeError::UnknownVersion(3))
+        ));
+        let invalid = BatchMessage::forwarded(id, company, false, Entity::Pieces, b"[{}]", &[id]);
+        assert!(matches!(
+            BatchMessage::from_json(&invalid),
+            Err(EnvelopeError::Items(_))
         ));
     }
 }

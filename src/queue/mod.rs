@@ -1,6 +1,7 @@
 //! RabbitMQ: topology, publishing with confirms, the message envelope.
 
 pub mod envelope;
+pub mod guid_list;
 pub mod publisher;
 pub mod reconnect;
 pub mod results;

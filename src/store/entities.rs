@@ -6,9 +6,7 @@
 //! how a cross-tenant GUID is detected without ever reading the other
 //! tenant's row.
 
-use crate::domain::{
-    Article, Assembly, Attributes, Batch, Component, Entity, Piece, Project, SyncItem,
-};
+use crate::domain::{Batch, Cell, ColumnType, Entity, Field, Item};
 use serde_json::value::RawValue;
 use sqlx::{
     postgres::{PgArguments, PgRow},
@@ -34,68 +32,24 @@ pub struct UpsertOutcome {
 
 type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
 
-/// (column, PostgreSQL array element type), key columns first.
-type Columns = &'static [(&'static str, &'static str)];
+/// The PostgreSQL type of a column's array elements.
+fn sql_type(column: ColumnType) -> &'static str {
+    match column {
+        ColumnType::Uuid => "uuid",
+        ColumnType::Text => "text",
+        ColumnType::Int4 => "int4",
+        ColumnType::Float8 => "float8",
+        ColumnType::Date => "date",
+        ColumnType::Jsonb => "jsonb",
+    }
+}
 
-const PROJECT_COLUMNS: Columns = &[
-    ("guid", "uuid"),
-    ("company_guid", "uuid"),
-    ("number", "text"),
-    ("name", "text"),
-    ("description", "text"),
-    ("status", "text"),
-    ("start_date", "date"),
-    ("end_date", "date"),
-    ("attributes", "jsonb"),
-];
-const COMPONENT_COLUMNS: Columns = &[
-    ("guid", "uuid"),
-    ("company_guid", "uuid"),
-    ("project_guid", "uuid"),
-    ("name", "text"),
-    ("component_type", "text"),
-    ("description", "text"),
-    ("attributes", "jsonb"),
-];
-const ASSEMBLY_COLUMNS: Columns = &[
-    ("guid", "uuid"),
-    ("company_guid", "uuid"),
-    ("project_guid", "uuid"),
-    ("component_guid", "uuid"),
-    ("mark", "text"),
-    ("name", "text"),
-    ("quantity", "int4"),
-    ("attributes", "jsonb"),
-];
-const PIECE_COLUMNS: Columns = &[
-    ("guid", "uuid"),
-    ("company_guid", "uuid"),
-    ("assembly_guid", "uuid"),
-    ("article_guid", "uuid"),
-    ("mark", "text"),
-    ("quantity", "int4"),
-    ("length_mm", "float8"),
-    ("width_mm", "float8"),
-    ("height_mm", "float8"),
-    ("weight_kg", "float8"),
-    ("attributes", "jsonb"),
-];
-const ARTICLE_COLUMNS: Columns = &[
-    ("guid", "uuid"),
-    ("company_guid", "uuid"),
-    ("number", "text"),
-    ("name", "text"),
-    ("unit", "text"),
-    ("description", "text"),
-    ("attributes", "jsonb"),
-];
-
-fn upsert_sql(table: &str, columns: Columns) -> String {
-    let names: Vec<&str> = columns.iter().map(|(c, _)| *c).collect();
-    let arrays: Vec<String> = columns
+fn upsert_sql(table: &str, fields: &[Field]) -> String {
+    let names: Vec<&str> = fields.iter().map(|f| f.name).collect();
+    let arrays: Vec<String> = fields
         .iter()
         .enumerate()
-        .map(|(i, (_, ty))| format!("${}::{ty}[]", i + 1))
+        .map(|(i, f)| format!("${}::{}[]", i + 1, sql_type(f.column)))
         .collect();
     let values: Vec<&str> = names
         .iter()
@@ -124,80 +78,81 @@ fn upsert_sql(table: &str, columns: Columns) -> String {
     )
 }
 
-/// Items sorted by GUID, so that concurrent transactions lock rows in the
-/// same order and cannot deadlock.
-fn sorted<T: SyncItem>(items: &[T]) -> Vec<&T> {
+/// One column of a batch, bound as one array.
+enum Column<'a> {
+    Uuid(Vec<Option<Uuid>>),
+    Text(Vec<Option<&'a str>>),
+    Int4(Vec<Option<i32>>),
+    Float8(Vec<Option<f64>>),
+    Date(Vec<Option<chrono::NaiveDate>>),
+    Jsonb(Vec<Option<Json<&'a RawValue>>>),
+}
+
+impl<'a> Column<'a> {
+    fn new(column: ColumnType, rows: usize) -> Self {
+        match column {
+            ColumnType::Uuid => Column::Uuid(Vec::with_capacity(rows)),
+            ColumnType::Text => Column::Text(Vec::with_capacity(rows)),
+            ColumnType::Int4 => Column::Int4(Vec::with_capacity(rows)),
+            ColumnType::Float8 => Column::Float8(Vec::with_capacity(rows)),
+            ColumnType::Date => Column::Date(Vec::with_capacity(rows)),
+            ColumnType::Jsonb => Column::Jsonb(Vec::with_capacity(rows)),
+        }
+    }
+
+    /// Adds a row's cell; the item type's cells match its fields' columns
+    /// by construction (`domain::items`).
+    fn push(&mut self, cell: Option<Cell<'a>>) {
+        match (self, cell) {
+            (Column::Uuid(v), Some(Cell::Uuid(x))) => v.push(Some(x)),
+            (Column::Text(v), Some(Cell::Text(x))) => v.push(Some(x)),
+            (Column::Int4(v), Some(Cell::Int4(x))) => v.push(Some(x)),
+            (Column::Float8(v), Some(Cell::Float8(x))) => v.push(Some(x)),
+            (Column::Date(v), Some(Cell::Date(x))) => v.push(Some(x)),
+            (Column::Jsonb(v), Some(Cell::Jsonb(x))) => v.push(Some(Json(x))),
+            (Column::Uuid(v), None) => v.push(None),
+            (Column::Text(v), None) => v.push(None),
+            (Column::Int4(v), None) => v.push(None),
+            (Column::Float8(v), None) => v.push(None),
+            (Column::Date(v), None) => v.push(None),
+            (Column::Jsonb(v), None) => v.push(None),
+            (_, Some(cell)) => unreachable!("a {cell:?} in another type's column"),
+        }
+    }
+
+    fn bind(self, q: PgQuery<'a>) -> PgQuery<'a> {
+        match self {
+            Column::Uuid(v) => q.bind(v),
+            Column::Text(v) => q.bind(v),
+            Column::Int4(v) => q.bind(v),
+            Column::Float8(v) => q.bind(v),
+            Column::Date(v) => q.bind(v),
+            Column::Jsonb(v) => q.bind(v),
+        }
+    }
+}
+
+/// The upsert of `items`, every column bound. Items are sorted by GUID, so
+/// that concurrent transactions lock rows in the same order and cannot
+/// deadlock.
+fn upsert_query<'q, 'b: 'q, T: Item<'b>>(sql: &'q str, items: &'q [T]) -> PgQuery<'q> {
     let mut sorted: Vec<&T> = items.iter().collect();
     sorted.sort_unstable_by_key(|it| it.guid());
-    sorted
-}
-
-fn column<'a, T, V>(items: &[&'a T], f: impl Fn(&'a T) -> V) -> Vec<V> {
-    items.iter().map(|it| f(it)).collect()
-}
-
-fn attributes<'a, T>(
-    items: &[&'a T],
-    f: impl Fn(&'a T) -> &'a Option<Attributes>,
-) -> Vec<Option<Json<&'a RawValue>>> {
-    column(items, |it| f(it).as_ref().map(|a| Json(a.json())))
-}
-
-fn bind_projects<'q>(q: PgQuery<'q>, items: &[&'q Project]) -> PgQuery<'q> {
-    q.bind(column(items, |p| p.guid))
-        .bind(column(items, |p| p.company_guid))
-        .bind(column(items, |p| p.number.as_str()))
-        .bind(column(items, |p| p.name.as_str()))
-        .bind(column(items, |p| p.description.as_deref()))
-        .bind(column(items, |p| p.status.as_str()))
-        .bind(column(items, |p| p.start_date))
-        .bind(column(items, |p| p.end_date))
-        .bind(attributes(items, |p| &p.attributes))
-}
-
-fn bind_components<'q>(q: PgQuery<'q>, items: &[&'q Component]) -> PgQuery<'q> {
-    q.bind(column(items, |c| c.guid))
-        .bind(column(items, |c| c.company_guid))
-        .bind(column(items, |c| c.project_guid))
-        .bind(column(items, |c| c.name.as_str()))
-        .bind(column(items, |c| c.component_type.as_deref()))
-        .bind(column(items, |c| c.description.as_deref()))
-        .bind(attributes(items, |c| &c.attributes))
-}
-
-fn bind_assemblies<'q>(q: PgQuery<'q>, items: &[&'q Assembly]) -> PgQuery<'q> {
-    q.bind(column(items, |a| a.guid))
-        .bind(column(items, |a| a.company_guid))
-        .bind(column(items, |a| a.project_guid))
-        .bind(column(items, |a| a.component_guid))
-        .bind(column(items, |a| a.mark.as_str()))
-        .bind(column(items, |a| a.name.as_deref()))
-        .bind(column(items, |a| a.quantity))
-        .bind(attributes(items, |a| &a.attributes))
-}
-
-fn bind_pieces<'q>(q: PgQuery<'q>, items: &[&'q Piece]) -> PgQuery<'q> {
-    q.bind(column(items, |p| p.guid))
-        .bind(column(items, |p| p.company_guid))
-        .bind(column(items, |p| p.assembly_guid))
-        .bind(column(items, |p| p.article_guid))
-        .bind(column(items, |p| p.mark.as_str()))
-        .bind(column(items, |p| p.quantity))
-        .bind(column(items, |p| p.length_mm))
-        .bind(column(items, |p| p.width_mm))
-        .bind(column(items, |p| p.height_mm))
-        .bind(column(items, |p| p.weight_kg))
-        .bind(attributes(items, |p| &p.attributes))
-}
-
-fn bind_articles<'q>(q: PgQuery<'q>, items: &[&'q Article]) -> PgQuery<'q> {
-    q.bind(column(items, |a| a.guid))
-        .bind(column(items, |a| a.company_guid))
-        .bind(column(items, |a| a.number.as_str()))
-        .bind(column(items, |a| a.name.as_str()))
-        .bind(column(items, |a| a.unit.as_deref()))
-        .bind(column(items, |a| a.description.as_deref()))
-        .bind(attributes(items, |a| &a.attributes))
+    let mut columns: Vec<Column> = T::FIELDS
+        .iter()
+        .map(|f| Column::new(f.column, items.len()))
+        .collect();
+    let mut cells = Vec::with_capacity(columns.len());
+    for item in sorted {
+        cells.clear();
+        item.cells(&mut cells);
+        for (column, cell) in columns.iter_mut().zip(cells.drain(..)) {
+            column.push(cell);
+        }
+    }
+    columns
+        .into_iter()
+        .fold(sqlx::query(sql), |q, column| column.bind(q))
 }
 
 /// Upserts the whole batch with one statement, inside the caller's
@@ -205,44 +160,16 @@ fn bind_articles<'q>(q: PgQuery<'q>, items: &[&'q Article]) -> PgQuery<'q> {
 /// `foreign_indexes` and left untouched.
 pub async fn upsert_batch(
     conn: &mut PgConnection,
-    batch: &Batch,
+    batch: &Batch<'_>,
 ) -> Result<UpsertOutcome, sqlx::Error> {
     if batch.is_empty() {
         return Ok(UpsertOutcome::default());
     }
     let table = batch.entity().as_str();
-    let rows: Vec<PgRow> = match batch {
-        Batch::Projects(items) => {
-            let sql = upsert_sql(table, PROJECT_COLUMNS);
-            bind_projects(sqlx::query(&sql), &sorted(items))
-                .fetch_all(&mut *conn)
-                .await?
-        }
-        Batch::Components(items) => {
-            let sql = upsert_sql(table, COMPONENT_COLUMNS);
-            bind_components(sqlx::query(&sql), &sorted(items))
-                .fetch_all(&mut *conn)
-                .await?
-        }
-        Batch::Assemblies(items) => {
-            let sql = upsert_sql(table, ASSEMBLY_COLUMNS);
-            bind_assemblies(sqlx::query(&sql), &sorted(items))
-                .fetch_all(&mut *conn)
-                .await?
-        }
-        Batch::Pieces(items) => {
-            let sql = upsert_sql(table, PIECE_COLUMNS);
-            bind_pieces(sqlx::query(&sql), &sorted(items))
-                .fetch_all(&mut *conn)
-                .await?
-        }
-        Batch::Articles(items) => {
-            let sql = upsert_sql(table, ARTICLE_COLUMNS);
-            bind_articles(sqlx::query(&sql), &sorted(items))
-                .fetch_all(&mut *conn)
-                .await?
-        }
-    };
+    let sql = upsert_sql(table, crate::domain::fields(batch.entity()));
+    let rows: Vec<PgRow> = crate::with_items!(batch, |items| upsert_query(&sql, &items[..])
+        .fetch_all(&mut *conn)
+        .await?);
     let mut outcome = UpsertOutcome::default();
     let mut written = HashSet::with_capacity(rows.len());
     for row in rows {
@@ -291,7 +218,7 @@ type ReferenceColumns = (Vec<Uuid>, Vec<Uuid>, Vec<i32>);
 /// the item's own. References to entities that do not exist yet are fine.
 pub async fn find_foreign_references(
     conn: &mut PgConnection,
-    batch: &Batch,
+    batch: &Batch<'_>,
 ) -> Result<Vec<usize>, sqlx::Error> {
     let mut by_target: BTreeMap<&'static str, ReferenceColumns> = BTreeMap::new();
     for (index, company, reference) in batch.references() {

@@ -55,7 +55,7 @@ impl From<Option<Applied>> for Outcome {
 /// recorder's and the tests' unfenced use).
 pub async fn apply_batch(
     pool: &PgPool,
-    message: &BatchMessage,
+    message: &BatchMessage<'_>,
     fence: Option<&Fence>,
 ) -> Result<Outcome, StoreError> {
     let id = message.correlation_id;
@@ -119,7 +119,7 @@ async fn holds(conn: &mut sqlx::PgConnection, fence: Option<&Fence>) -> Result<b
 /// (their GUID or a reference); the caller rolls back if any do.
 async fn check_and_upsert(
     conn: &mut sqlx::PgConnection,
-    batch: &crate::domain::Batch,
+    batch: &crate::domain::Batch<'_>,
 ) -> Result<(store::UpsertOutcome, Vec<usize>), StoreError> {
     let mut violations = store::find_foreign_references(conn, batch).await?;
     let outcome = store::upsert_batch(conn, batch).await?;
@@ -161,6 +161,6 @@ fn count(n: usize) -> i32 {
 }
 
 /// The items of a batch, for logs.
-pub fn describe(batch: &Batch) -> String {
+pub fn describe(batch: &Batch<'_>) -> String {
     format!("{} {}", batch.len(), batch.entity())
 }

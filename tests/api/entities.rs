@@ -15,7 +15,7 @@ use std::{
 };
 use sync_ingest::{
     app::topology,
-    domain::{parse_batch, Entity},
+    domain::{Batch, Entity},
     queue::BatchMessage,
 };
 use uuid::Uuid;
@@ -496,11 +496,11 @@ impl Amqp {
     }
 
     /// Publishes `message` to its company's request queue, as the api does.
-    async fn publish_batch(&self, app: &TestApp, message: &BatchMessage) {
+    async fn publish_batch(&self, app: &TestApp, message: &Message) {
         let topology = topology(&app.settings);
-        let shard = topology.shard_for(message.company_guid);
+        let shard = topology.shard_for(message.company);
         let properties = BasicProperties::default()
-            .with_correlation_id(message.correlation_id.to_string().into())
+            .with_correlation_id(message.id.to_string().into())
             .with_content_type("application/json".into())
             .with_delivery_mode(2);
         let confirmation = self
@@ -512,7 +512,7 @@ impl Amqp {
                     mandatory: true,
                     ..BasicPublishOptions::default()
                 },
-                &message.to_json(),
+                &message.body,
                 properties,
             )
             .await
@@ -526,10 +526,20 @@ impl Amqp {
     }
 }
 
-fn message_for(entity: Entity, id: Uuid, company: Uuid, body: &Value) -> BatchMessage {
+/// A message as the api publishes it.
+struct Message {
+    id: Uuid,
+    company: Uuid,
+    body: Vec<u8>,
+}
+
+fn message_for(entity: Entity, id: Uuid, company: Uuid, body: &Value) -> Message {
     let bytes = serde_json::to_vec(body).expect("json");
-    let batch = parse_batch(entity, &bytes, usize::MAX).expect("valid batch");
-    BatchMessage::new(id, company, false, batch)
+    let guids = Batch::read(entity, &bytes, usize::MAX)
+        .expect("valid batch")
+        .guids();
+    let body = BatchMessage::forwarded(id, company, false, entity, &bytes, &guids);
+    Message { id, company, body }
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use serde_json::json;
 use std::time::Duration;
 use sync_ingest::{
     app::Mode,
-    domain::{parse_batch, Entity},
+    domain::Entity,
     queue::BatchMessage,
     store::{
         jobs::{self, JobStatus, NewJob},
@@ -32,12 +32,12 @@ async fn app() -> TestApp {
     app
 }
 
-/// A queued job of one project and the message a worker would read for it.
-async fn queued_batch(app: &TestApp, company: Uuid, project: Uuid) -> BatchMessage {
+/// A queued job of one project and the body of the message a worker would
+/// read for it.
+async fn queued_batch(app: &TestApp, company: Uuid, project: Uuid) -> Vec<u8> {
     let id = Uuid::now_v7();
     let body = json!([{"guid": project, "company_guid": company, "number": "P-1", "name": "p"}]);
     let bytes = serde_json::to_vec(&body).expect("json");
-    let batch = parse_batch(Entity::Projects, &bytes, usize::MAX).expect("valid batch");
     let job = NewJob {
         correlation_id: id,
         company_guid: company,
@@ -50,7 +50,7 @@ async fn queued_batch(app: &TestApp, company: Uuid, project: Uuid) -> BatchMessa
     jobs::insert_all(&app.pool, &[(job, JobStatus::Queued)])
         .await
         .expect("job row");
-    BatchMessage::new(id, company, false, batch)
+    BatchMessage::forwarded(id, company, false, Entity::Projects, &bytes, &[project])
 }
 
 async fn claim(app: &TestApp, worker: Uuid, ttl: Duration) -> Option<Lease> {
@@ -76,7 +76,8 @@ async fn a_batch_under_a_lost_lease_is_fenced_and_writes_nothing() {
     assert_eq!(new.epoch, old.epoch + 1);
 
     let (company, project) = (company(), Uuid::now_v7());
-    let message = queued_batch(&app, company, project).await;
+    let body = queued_batch(&app, company, project).await;
+    let message = BatchMessage::from_json(&body).expect("readable");
     let fenced = Fence {
         worker: stale,
         lease: old,

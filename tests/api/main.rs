@@ -1,6 +1,7 @@
 //! Integration tests against the real PostgreSQL and RabbitMQ; one binary,
 //! each test with its own database and queue prefix.
 
+mod bodies;
 mod gate;
 mod helpers;
 
@@ -9,6 +10,7 @@ mod contract;
 mod entities;
 mod leases;
 mod push;
+mod reading;
 mod recorder;
 mod smoke;
 mod submit;

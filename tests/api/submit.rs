@@ -723,6 +723,83 @@ async fn strings_with_nul_characters_are_rejected_with_422() {
     assert_eq!(job_rows(&app).await, 0);
 }
 
+/// The body as raw text: `serde_json` cannot write an unpaired surrogate or
+/// a key twice.
+fn raw_projects(company: Uuid, items: &[&str]) -> Vec<u8> {
+    let items: Vec<String> = items
+        .iter()
+        .map(|extra| {
+            format!(r#"{{"company_guid": "{company}", "number": "P-1", "name": "n"{extra}}}"#)
+        })
+        .collect();
+    format!("[{}]", items.join(",")).into_bytes()
+}
+
+#[tokio::test]
+async fn unpaired_surrogates_are_rejected_with_422_naming_item_and_field() {
+    let app = TestApp::spawn().await;
+    let company = company();
+    let token = app.writer(company).await;
+    let body = raw_projects(
+        company,
+        &[
+            r#", "attributes": {"k": "\udc00"}"#,
+            r#", "attributes": {"k\ud800": 1}"#,
+            r#", "description": "a\ud800b""#,
+            r#", "description": "\ud83d\ude00 paired""#,
+        ],
+    );
+
+    let response = app
+        .post_raw("projects", &token, "application/json", body)
+        .await;
+
+    let problem = assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    let expected: BTreeSet<_> = [
+        pair(0, "attributes"),
+        pair(1, "attributes"),
+        pair(2, "description"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(error_pairs(&problem), expected, "{problem}");
+    assert_eq!(job_rows(&app).await, 0);
+}
+
+#[tokio::test]
+async fn a_key_named_twice_in_an_item_is_rejected_with_422() {
+    let app = TestApp::spawn().await;
+    let company = company();
+    let token = app.writer(company).await;
+    let body = raw_projects(
+        company,
+        &[
+            r#", "name": "second""#,
+            r#", "n\u0061me": "escaped""#,
+            r#", "attributes": {"k": 1, "k": 2}"#,
+        ],
+    );
+
+    let response = app
+        .post_raw("projects", &token, "application/json", body)
+        .await;
+
+    let problem = assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    let expected: BTreeSet<_> = [pair(0, "name"), pair(1, "name")].into_iter().collect();
+    assert_eq!(error_pairs(&problem), expected, "{problem}");
+    assert_eq!(job_rows(&app).await, 0);
+}
+
 #[tokio::test]
 async fn dates_not_written_yyyy_mm_dd_are_rejected_with_422() {
     let app = TestApp::spawn().await;

@@ -1,0 +1,295 @@
+//! Reading a body of items: the one path for valid and invalid bodies, on
+//! the api and in the worker alike.
+//!
+//! serde_json checks the JSON and hands over each item's keys and the text
+//! of each value, borrowed from the body; each field's type then reads its
+//! value (see `values`). Nothing stops at the first problem: every item and
+//! field is read, and every problem is listed. A value is never re-encoded,
+//! so the api can forward the body as sent and the worker, reading the same
+//! text the same way, stores exactly what was accepted.
+//!
+//! deserr (meilisearch's error-collecting deserializer) was the other
+//! candidate, but it reads from a value tree: serde_json's `Value` keeps the
+//! last of two equal keys, where a body must be refused, and building the
+//! tree for every item costs an allocation per string.
+
+use super::items::{Item, Problems};
+use super::{Batch, Entity};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use std::{borrow::Cow, fmt, marker::PhantomData};
+use uuid::Uuid;
+
+/// One problem with one field of one item (or with the body as a whole,
+/// when `index` and `field` are absent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    pub index: Option<usize>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn body(message: impl Into<String>) -> Self {
+        FieldError {
+            index: None,
+            field: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn item(index: usize, field: &str, message: impl Into<String>) -> Self {
+        FieldError {
+            index: Some(index),
+            field: Some(field.to_owned()),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a body is not a batch.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BatchError {
+    /// More items than the entity's limit.
+    #[error("{count} items exceed the limit of {limit} for {entity}")]
+    TooLarge {
+        entity: Entity,
+        count: usize,
+        limit: usize,
+    },
+    /// The body or some items are invalid; every problem found is listed.
+    #[error("{} validation error(s)", .0.len())]
+    Invalid(Vec<FieldError>),
+}
+
+/// More fields than any entity has, so that an item's values fit on the
+/// stack.
+const MAX_FIELDS: usize = 16;
+
+/// Reads a body of `T` items: at most `limit`, every item valid, no GUID
+/// given twice. Items without a GUID get a new UUIDv7.
+pub fn read_items<'a, T: Item<'a>>(body: &'a [u8], limit: usize) -> Result<Vec<T>, BatchError> {
+    let invalid = |message: String| BatchError::Invalid(vec![FieldError::body(message)]);
+    // One pass over the whole body checks UTF-8 far faster than the parser
+    // checks it string by string.
+    let text = std::str::from_utf8(body)
+        .map_err(|e| invalid(format!("malformed JSON: the body is not UTF-8 ({e})")))?;
+    if !text.trim_start().starts_with('[') {
+        return Err(match serde_json::from_str::<IgnoredAny>(text) {
+            Ok(_) => invalid("the body must be a JSON array of items".into()),
+            Err(e) => invalid(format!("malformed JSON: {e}")),
+        });
+    }
+    let mut read = Read {
+        limit,
+        count: 0,
+        items: Vec::new(),
+        given: Vec::new(),
+        errors: Vec::new(),
+    };
+    let mut parser = serde_json::Deserializer::from_str(text);
+    parser
+        .deserialize_seq(Body(&mut read))
+        .and_then(|()| parser.end())
+        .map_err(|e| invalid(format!("malformed JSON: {e}")))?;
+    read.finish(T::ENTITY)
+}
+
+/// What reading has found so far.
+struct Read<T> {
+    limit: usize,
+    /// Items in the body, those past the limit included.
+    count: usize,
+    items: Vec<T>,
+    /// (GUID, index) of every item that gave a valid GUID.
+    given: Vec<(Uuid, usize)>,
+    errors: Vec<FieldError>,
+}
+
+impl<T> Read<T> {
+    fn finish(mut self, entity: Entity) -> Result<Vec<T>, BatchError> {
+        if self.count > self.limit {
+            return Err(BatchError::TooLarge {
+                entity,
+                count: self.count,
+                limit: self.limit,
+            });
+        }
+        // Sorting is cheaper than hashing every GUID; the sort is stable,
+        // so the first of equal GUIDs comes first.
+        self.given.sort_by_key(|(guid, _)| *guid);
+        for pair in self.given.chunk_by(|a, b| a.0 == b.0) {
+            for (_, index) in &pair[1..] {
+                let message = format!("duplicates the guid of item {}", pair[0].1);
+                self.errors.push(FieldError::item(*index, "guid", message));
+            }
+        }
+        if self.errors.is_empty() {
+            return Ok(self.items);
+        }
+        self.errors.sort_by_key(|e| e.index);
+        Err(BatchError::Invalid(self.errors))
+    }
+}
+
+/// The body's array.
+struct Body<'r, T>(&'r mut Read<T>);
+
+impl<'de, T: Item<'de>> Visitor<'de> for Body<'_, T> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON array of items")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let read = self.0;
+        if let Some(size) = seq.size_hint() {
+            read.items.reserve(size.min(read.limit));
+        }
+        loop {
+            if read.count == read.limit {
+                // Past the limit, items are only counted.
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    read.count += 1;
+                }
+                return Ok(());
+            }
+            let index = read.count;
+            let seed = ItemSeed::<T> {
+                read: &mut *read,
+                index,
+                item: PhantomData,
+            };
+            if seq.next_element_seed(seed)?.is_none() {
+                return Ok(());
+            }
+            read.count += 1;
+        }
+    }
+}
+
+/// One item of the body, at `index`.
+struct ItemSeed<'r, T> {
+    read: &'r mut Read<T>,
+    index: usize,
+    item: PhantomData<T>,
+}
+
+impl<'de, T: Item<'de>> DeserializeSeed<'de> for ItemSeed<'_, T> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<T> ItemSeed<'_, T> {
+    fn not_an_object<E>(self) -> Result<(), E> {
+        self.read.errors.push(FieldError {
+            index: Some(self.index),
+            field: None,
+            message: "each item must be a JSON object".into(),
+        });
+        Ok(())
+    }
+}
+
+impl<'de, T: Item<'de>> Visitor<'de> for ItemSeed<'_, T> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an item")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let fields = T::FIELDS;
+        debug_assert!(fields.len() <= MAX_FIELDS);
+        let mut values: [Option<&'de str>; MAX_FIELDS] = [None; MAX_FIELDS];
+        let mut seen = [false; MAX_FIELDS];
+        let mut problems = Problems {
+            index: self.index,
+            errors: &mut self.read.errors,
+        };
+        let before = problems.errors.len();
+        while let Some(Key(key)) = map.next_key()? {
+            let value: &'de RawValue = map.next_value()?;
+            let Some(at) = fields.iter().position(|f| f.name.as_bytes() == &*key) else {
+                problems.add(&String::from_utf8_lossy(&key), "unknown field".into());
+                continue;
+            };
+            if seen[at] {
+                problems.add(fields[at].name, "is named more than once".into());
+                continue;
+            }
+            seen[at] = true;
+            // `null` stands for absent.
+            values[at] = Some(value.get()).filter(|json| *json != "null");
+        }
+        // The guid field comes first; one given twice is found at the end.
+        let given = values[0].and_then(|json| <Uuid as super::values::FieldValue>::read(json).ok());
+        let item = T::from_values(&values[..fields.len()], &mut problems);
+        if let Some(guid) = given {
+            self.read.given.push((guid, self.index));
+        }
+        match item {
+            Some(item) if self.read.errors.len() == before => self.read.items.push(item),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        self.not_an_object()
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        self.not_an_object()
+    }
+
+    visit_scalars!(Self::not_an_object);
+}
+
+/// A key's bytes, escapes decoded but not checked: a key with an unpaired
+/// surrogate names no field, and is reported as unknown rather than
+/// failing the whole body.
+struct Key<'de>(Cow<'de, [u8]>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_bytes(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Key<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_borrowed_bytes<E>(self, bytes: &'de [u8]) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Borrowed(bytes)))
+    }
+
+    fn visit_bytes<E>(self, bytes: &[u8]) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(bytes.to_vec())))
+    }
+}
+
+impl<'a> Batch<'a> {
+    /// Reads a body of `entity` items (see [`read_items`]).
+    pub fn read(entity: Entity, body: &'a [u8], limit: usize) -> Result<Self, BatchError> {
+        Ok(match entity {
+            Entity::Projects => Batch::Projects(read_items(body, limit)?),
+            Entity::Components => Batch::Components(read_items(body, limit)?),
+            Entity::Assemblies => Batch::Assemblies(read_items(body, limit)?),
+            Entity::Pieces => Batch::Pieces(read_items(body, limit)?),
+            Entity::Articles => Batch::Articles(read_items(body, limit)?),
+        })
+    }
+}
