@@ -6,11 +6,12 @@
 //! schema (`api::openapi`).
 
 use super::values::{
-    Cell, Code, ColumnType, FieldValue, Label, Measure, Name, Note, Problem, ProjectStatus,
+    Cell, Code, ColumnType, FieldValue, Given, Label, Measure, Name, Note, Problem, ProjectStatus,
     Quantity,
 };
 use super::{Attributes, Entity};
 use chrono::NaiveDate;
+use serde::Deserializer;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -52,11 +53,22 @@ pub trait Item<'a>: Sized {
     /// Every field, in order: `guid`, `company_guid`, the entity's own,
     /// `attributes`.
     const FIELDS: &'static [Field];
+    /// Each field's value as read so far (`None`: not given).
+    type Draft: Default;
 
-    /// The item from the JSON text of each field's value, in
-    /// [`Item::FIELDS`] order (`None`: absent or `null`). Every problem
-    /// is added; `None` if there was one.
-    fn from_values(values: &[Option<&'a str>], problems: &mut Problems) -> Option<Self>;
+    /// Reads the value of field `at` of [`Item::FIELDS`] into the draft.
+    fn read_field<D: Deserializer<'a>>(
+        draft: &mut Self::Draft,
+        at: usize,
+        value: D,
+    ) -> Result<(), D::Error>;
+    /// Field `at` holds a value serde_json cannot read at all.
+    fn unreadable(draft: &mut Self::Draft, at: usize);
+    /// The GUID the draft gives, if it gives a valid one.
+    fn given_guid(draft: &Self::Draft) -> Option<Uuid>;
+    /// The item, once every field was read; every problem is added, and
+    /// `None` if there was one.
+    fn from_draft(draft: Self::Draft, problems: &mut Problems) -> Option<Self>;
     fn guid(&self) -> Uuid;
     fn set_guid(&mut self, guid: Uuid);
     fn company_guid(&self) -> Uuid;
@@ -66,41 +78,31 @@ pub trait Item<'a>: Sized {
     fn cells<'s>(&'s self, out: &mut Vec<Option<Cell<'s>>>);
 }
 
-/// A required field's value; "is required" if absent.
-fn required<'a, T: FieldValue<'a>>(
-    json: Option<&'a str>,
-    name: &str,
-    problems: &mut Problems,
-) -> Option<T> {
-    let Some(json) = json else {
-        problems.add(name, "is required".into());
-        return None;
-    };
-    T::read(json).map_err(|p| problems.add(name, p)).ok()
-}
+/// A field as read: `None` when not given, else what `FieldValue::read`
+/// made of it.
+type Slot<T> = Option<Given<T>>;
 
-/// An optional field's value (`Some(None)` when absent).
-fn optional<'a, T: FieldValue<'a>>(
-    json: Option<&'a str>,
-    name: &str,
-    problems: &mut Problems,
-) -> Option<Option<T>> {
-    match json {
-        None => Some(None),
-        Some(json) => T::read(json)
-            .map(Some)
-            .map_err(|p| problems.add(name, p))
-            .ok(),
+/// A required field's value; "is required" if absent or `null`.
+fn required<T>(slot: Slot<T>, name: &str, problems: &mut Problems) -> Option<T> {
+    match slot {
+        None | Some(Ok(None)) => {
+            problems.add(name, "is required".into());
+            None
+        }
+        Some(given) => given.map_err(|p| problems.add(name, p)).ok().flatten(),
     }
 }
 
+/// An optional field's value (`Some(None)` when absent).
+fn optional<T>(slot: Slot<T>, name: &str, problems: &mut Problems) -> Option<Option<T>> {
+    slot.unwrap_or(Ok(None))
+        .map_err(|p| problems.add(name, p))
+        .ok()
+}
+
 /// A field that takes its type's default when absent.
-fn defaulted<'a, T: FieldValue<'a> + Default>(
-    json: Option<&'a str>,
-    name: &str,
-    problems: &mut Problems,
-) -> Option<T> {
-    optional(json, name, problems).map(Option::unwrap_or_default)
+fn defaulted<T: Default>(slot: Slot<T>, name: &str, problems: &mut Problems) -> Option<T> {
+    optional(slot, name, problems).map(Option::unwrap_or_default)
 }
 
 /// Describes an entity: `mode field: Type [=> ReferencedEntity]`, mode one
@@ -122,7 +124,7 @@ macro_rules! entity {
     };
     (
         $(#[$doc:meta])*
-        $item:ident: $entity:ident {
+        $item:ident($draft:ident): $entity:ident {
             $( $mode:ident $field:ident: $ty:ty $(=> $target:ident)? ),* $(,)?
         }
         $(check $check:path)?
@@ -134,6 +136,14 @@ macro_rules! entity {
             pub company_guid: Uuid,
             $( pub $field: entity!(@type $mode $ty), )*
             pub attributes: Option<Attributes<'a>>,
+        }
+
+        #[derive(Default)]
+        pub struct $draft<'a> {
+            guid: Slot<Uuid>,
+            company_guid: Slot<Uuid>,
+            $( $field: Slot<$ty>, )*
+            attributes: Slot<Attributes<'a>>,
         }
 
         impl<'a> Item<'a> for $item<'a> {
@@ -152,14 +162,60 @@ macro_rules! entity {
                 Field { name: "attributes", required: false, column: ColumnType::Jsonb,
                         schema: <Attributes as FieldValue>::schema },
             ];
+            type Draft = $draft<'a>;
 
-            fn from_values(values: &[Option<&'a str>], problems: &mut Problems) -> Option<Self> {
-                let mut values = values.iter().copied();
-                let mut next = || values.next().flatten();
-                let guid = optional::<Uuid>(next(), "guid", problems);
-                let company_guid = required::<Uuid>(next(), "company_guid", problems);
-                $( let $field = $mode::<$ty>(next(), stringify!($field), problems); )*
-                let attributes = optional::<Attributes>(next(), "attributes", problems);
+            fn read_field<D: Deserializer<'a>>(
+                draft: &mut $draft<'a>,
+                at: usize,
+                value: D,
+            ) -> Result<(), D::Error> {
+                #[allow(non_camel_case_types)]
+                enum At { guid, company_guid, $( $field, )* attributes }
+                if at == At::guid as usize {
+                    draft.guid = Some(<Uuid as FieldValue>::read(value)?);
+                } else if at == At::company_guid as usize {
+                    draft.company_guid = Some(<Uuid as FieldValue>::read(value)?);
+                }
+                $( else if at == At::$field as usize {
+                    draft.$field = Some(<$ty as FieldValue>::read(value)?);
+                } )*
+                else if at == At::attributes as usize {
+                    draft.attributes = Some(<Attributes as FieldValue>::read(value)?);
+                }
+                Ok(())
+            }
+
+            fn unreadable(draft: &mut $draft<'a>, at: usize) {
+                fn problem<'a, T: FieldValue<'a>>() -> Slot<T> {
+                    Some(Err(T::UNREADABLE.into()))
+                }
+                #[allow(non_camel_case_types)]
+                enum At { guid, company_guid, $( $field, )* attributes }
+                if at == At::guid as usize {
+                    draft.guid = problem();
+                } else if at == At::company_guid as usize {
+                    draft.company_guid = problem();
+                }
+                $( else if at == At::$field as usize {
+                    draft.$field = problem();
+                } )*
+                else if at == At::attributes as usize {
+                    draft.attributes = problem();
+                }
+            }
+
+            fn given_guid(draft: &$draft<'a>) -> Option<Uuid> {
+                match draft.guid {
+                    Some(Ok(Some(guid))) => Some(guid),
+                    _ => None,
+                }
+            }
+
+            fn from_draft(draft: $draft<'a>, problems: &mut Problems) -> Option<Self> {
+                let guid = optional(draft.guid, "guid", problems);
+                let company_guid = required(draft.company_guid, "company_guid", problems);
+                $( let $field = $mode(draft.$field, stringify!($field), problems); )*
+                let attributes = optional(draft.attributes, "attributes", problems);
                 let item = $item {
                     guid: guid?.unwrap_or_else(Uuid::now_v7),
                     company_guid: company_guid?,
@@ -204,7 +260,7 @@ macro_rules! entity {
 
 entity! {
     /// A project: the root every other record hangs from.
-    Project: Projects {
+    Project(ProjectDraft): Projects {
         required number: Code<'a>,
         required name: Name<'a>,
         optional description: Note<'a>,
@@ -226,7 +282,7 @@ fn dates_in_order(project: &Project) -> Result<(), (&'static str, &'static str)>
 
 entity! {
     /// A component of a project (a building part, a system, …).
-    Component: Components {
+    Component(ComponentDraft): Components {
         required project_guid: Uuid => Projects,
         required name: Name<'a>,
         optional component_type: Note<'a>,
@@ -236,7 +292,7 @@ entity! {
 
 entity! {
     /// An assembly: pieces joined under one mark.
-    Assembly: Assemblies {
+    Assembly(AssemblyDraft): Assemblies {
         required project_guid: Uuid => Projects,
         optional component_guid: Uuid => Components,
         required mark: Code<'a>,
@@ -247,7 +303,7 @@ entity! {
 
 entity! {
     /// A single manufactured piece of an assembly.
-    Piece: Pieces {
+    Piece(PieceDraft): Pieces {
         required assembly_guid: Uuid => Assemblies,
         optional article_guid: Uuid => Articles,
         required mark: Code<'a>,
@@ -261,7 +317,7 @@ entity! {
 
 entity! {
     /// A catalogue article (profile, plate, bolt …) pieces are made of.
-    Article: Articles {
+    Article(ArticleDraft): Articles {
         required number: Code<'a>,
         required name: Name<'a>,
         optional unit: Note<'a>,

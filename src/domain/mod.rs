@@ -40,5 +40,6 @@ pub use entity::{Entity, UnknownEntity};
 pub use items::{fields, Article, Assembly, Component, Field, Item, Piece, Project, Reference};
 pub use reader::{read_items, BatchError, FieldError};
 pub use values::{
-    Cell, Code, ColumnType, FieldValue, Label, Measure, Name, Note, ProjectStatus, Quantity, Text,
+    Cell, Code, ColumnType, FieldValue, Given, Label, Measure, Name, Note, ProjectStatus, Quantity,
+    Scalar, Text,
 };

@@ -1,12 +1,18 @@
 //! Reading a body of items: the one path for valid and invalid bodies, on
 //! the api and in the worker alike.
 //!
-//! serde_json checks the JSON and hands over each item's keys and the text
-//! of each value, borrowed from the body; each field's type then reads its
-//! value (see `values`). Nothing stops at the first problem: every item and
-//! field is read, and every problem is listed. A value is never re-encoded,
-//! so the api can forward the body as sent and the worker, reading the same
-//! text the same way, stores exactly what was accepted.
+//! serde_json reads the body, borrowing its strings; each field's type reads
+//! its own value (see `values`) and says what is wrong with it. Nothing
+//! stops at the first problem: every item and field is read, and every
+//! problem is listed. A value is never re-encoded, so the api can forward
+//! the body as sent and the worker, reading the same text the same way,
+//! stores exactly what was accepted.
+//!
+//! serde_json gives up on a whole body for a few values it cannot read at
+//! all — an escape that stands for no character, a number beyond a double.
+//! Only then is the body read a second, slower way, that takes each value's
+//! text first and lets the same field types read it on its own, so that the
+//! problem is pinned on its item and field.
 //!
 //! deserr (meilisearch's error-collecting deserializer) was the other
 //! candidate, but it reads from a value tree: serde_json's `Value` keeps the
@@ -63,10 +69,6 @@ pub enum BatchError {
     Invalid(Vec<FieldError>),
 }
 
-/// More fields than any entity has, so that an item's values fit on the
-/// stack.
-const MAX_FIELDS: usize = 16;
-
 /// Reads a body of `T` items: at most `limit`, every item valid, no GUID
 /// given twice. Items without a GUID get a new UUIDv7.
 pub fn read_items<'a, T: Item<'a>>(body: &'a [u8], limit: usize) -> Result<Vec<T>, BatchError> {
@@ -81,24 +83,42 @@ pub fn read_items<'a, T: Item<'a>>(body: &'a [u8], limit: usize) -> Result<Vec<T
             Err(e) => invalid(format!("malformed JSON: {e}")),
         });
     }
-    let mut read = Read {
-        limit,
-        count: 0,
-        items: Vec::new(),
-        given: Vec::new(),
-        errors: Vec::new(),
+    let read = |pass| {
+        let mut read = Read {
+            limit,
+            pass,
+            count: 0,
+            items: Vec::new(),
+            given: Vec::new(),
+            errors: Vec::new(),
+        };
+        let mut parser = serde_json::Deserializer::from_str(text);
+        parser
+            .deserialize_seq(Body(&mut read))
+            .and_then(|()| parser.end())
+            .map(|()| read)
     };
-    let mut parser = serde_json::Deserializer::from_str(text);
-    parser
-        .deserialize_seq(Body(&mut read))
-        .and_then(|()| parser.end())
+    let read = read(Pass::Direct)
+        .or_else(|_| read(Pass::ValueByValue))
         .map_err(|e| invalid(format!("malformed JSON: {e}")))?;
     read.finish(T::ENTITY)
+}
+
+/// How values are read.
+#[derive(Clone, Copy, PartialEq)]
+enum Pass {
+    /// Each straight into its field's type.
+    Direct,
+    /// Each value's text first, then its field's type reads that text: a
+    /// value serde_json cannot read is a problem of its field, not the end
+    /// of the body.
+    ValueByValue,
 }
 
 /// What reading has found so far.
 struct Read<T> {
     limit: usize,
+    pass: Pass,
     /// Items in the body, those past the limit included.
     count: usize,
     items: Vec<T>,
@@ -116,9 +136,9 @@ impl<T> Read<T> {
                 limit: self.limit,
             });
         }
-        // Sorting is cheaper than hashing every GUID; the sort is stable,
-        // so the first of equal GUIDs comes first.
-        self.given.sort_by_key(|(guid, _)| *guid);
+        // Sorting is cheaper than hashing every GUID; by (GUID, index), so
+        // the first of equal GUIDs comes first.
+        self.given.sort_unstable();
         for pair in self.given.chunk_by(|a, b| a.0 == b.0) {
             for (_, index) in &pair[1..] {
                 let message = format!("duplicates the guid of item {}", pair[0].1);
@@ -205,31 +225,48 @@ impl<'de, T: Item<'de>> Visitor<'de> for ItemSeed<'_, T> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let fields = T::FIELDS;
-        debug_assert!(fields.len() <= MAX_FIELDS);
-        let mut values: [Option<&'de str>; MAX_FIELDS] = [None; MAX_FIELDS];
-        let mut seen = [false; MAX_FIELDS];
+        let pass = self.read.pass;
+        let mut draft = T::Draft::default();
+        let mut seen = 0u64;
         let mut problems = Problems {
             index: self.index,
             errors: &mut self.read.errors,
         };
         let before = problems.errors.len();
+        // Items usually name their fields in the same order: the one after
+        // the last found is tried first.
+        let mut next = 0;
         while let Some(Key(key)) = map.next_key()? {
-            let value: &'de RawValue = map.next_value()?;
-            let Some(at) = fields.iter().position(|f| f.name.as_bytes() == &*key) else {
+            let named = |at: &usize| fields.get(*at).is_some_and(|f| f.name.as_bytes() == &*key);
+            let found = Some(next).filter(named);
+            let Some(at) = found.or_else(|| (0..fields.len()).find(named)) else {
+                map.next_value::<IgnoredAny>()?;
                 problems.add(&String::from_utf8_lossy(&key), "unknown field".into());
                 continue;
             };
-            if seen[at] {
+            if seen & 1 << at != 0 {
+                map.next_value::<IgnoredAny>()?;
                 problems.add(fields[at].name, "is named more than once".into());
                 continue;
             }
-            seen[at] = true;
-            // `null` stands for absent.
-            values[at] = Some(value.get()).filter(|json| *json != "null");
+            seen |= 1 << at;
+            next = at + 1;
+            if pass == Pass::Direct {
+                map.next_value_seed(FieldSeed::<T> {
+                    draft: &mut draft,
+                    at,
+                    item: PhantomData,
+                })?;
+                continue;
+            }
+            let value: &'de RawValue = map.next_value()?;
+            let mut reader = serde_json::Deserializer::from_str(value.get());
+            if T::read_field(&mut draft, at, &mut reader).is_err() {
+                T::unreadable(&mut draft, at);
+            }
         }
-        // The guid field comes first; one given twice is found at the end.
-        let given = values[0].and_then(|json| <Uuid as super::values::FieldValue>::read(json).ok());
-        let item = T::from_values(&values[..fields.len()], &mut problems);
+        let given = T::given_guid(&draft);
+        let item = T::from_draft(draft, &mut problems);
         if let Some(guid) = given {
             self.read.given.push((guid, self.index));
         }
@@ -252,32 +289,47 @@ impl<'de, T: Item<'de>> Visitor<'de> for ItemSeed<'_, T> {
     visit_scalars!(Self::not_an_object);
 }
 
+/// The value of field `at`, read into the draft.
+struct FieldSeed<'r, 'de, T: Item<'de>> {
+    draft: &'r mut T::Draft,
+    at: usize,
+    item: PhantomData<(&'de (), T)>,
+}
+
+impl<'de, T: Item<'de>> DeserializeSeed<'de> for FieldSeed<'_, 'de, T> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        T::read_field(self.draft, self.at, d)
+    }
+}
+
 /// A key's bytes, escapes decoded but not checked: a key with an unpaired
-/// surrogate names no field, and is reported as unknown rather than
-/// failing the whole body.
+/// surrogate names no field and is reported as unknown, rather than ending
+/// the reading of the body.
 struct Key<'de>(Cow<'de, [u8]>);
 
 impl<'de> de::Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_bytes(KeyVisitor)
+        d.deserialize_bytes(KeyVisitor).map(Key)
     }
 }
 
 struct KeyVisitor;
 
 impl<'de> Visitor<'de> for KeyVisitor {
-    type Value = Key<'de>;
+    type Value = Cow<'de, [u8]>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a key")
     }
 
-    fn visit_borrowed_bytes<E>(self, bytes: &'de [u8]) -> Result<Key<'de>, E> {
-        Ok(Key(Cow::Borrowed(bytes)))
+    fn visit_borrowed_bytes<E>(self, key: &'de [u8]) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(key))
     }
 
-    fn visit_bytes<E>(self, bytes: &[u8]) -> Result<Key<'de>, E> {
-        Ok(Key(Cow::Owned(bytes.to_vec())))
+    fn visit_bytes<E>(self, key: &[u8]) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(key.to_vec()))
     }
 }
 

@@ -1,20 +1,23 @@
-//! The types of an item's fields. Each reads itself from the JSON text of
-//! one value and carries its rule, so that holding a value of the type
-//! means PostgreSQL can store it: a `Code` is a non-blank text of at most
-//! 64 characters without U+0000, a `Quantity` an integer ≥ 1 that fits an
-//! `integer` column, and so on.
+//! The types of an item's fields. Each carries its rule, so that holding a
+//! value of the type means PostgreSQL can store it: a `Code` is a non-blank
+//! text of at most 64 characters without U+0000, a `Quantity` an integer
+//! ≥ 1 that fits an `integer` column, and so on.
 //!
-//! Values arrive as the text serde_json has already checked as JSON (see
-//! `reader`); what kind of value it is shows in its first byte, and each
-//! type reads only its own kind.
+//! serde_json reads the value and hands it over as a [`Scalar`] (strings
+//! borrowed from the body where they hold no escape); each type reads only
+//! its own kind and says what is wrong with any other.
 
 use chrono::NaiveDate;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{json, value::RawValue, Value};
-use std::borrow::Cow;
+use std::{borrow::Cow, fmt};
 use uuid::Uuid;
 
 /// What is wrong with one field's value, in words for the client.
 pub type Problem = Cow<'static, str>;
+
+/// A field's value as read: `Ok(None)` for `null`, which stands for absent.
+pub type Given<T> = Result<Option<T>, Problem>;
 
 /// The column type a field is stored in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,32 +43,101 @@ pub enum Cell<'a> {
 
 /// A field's type: how it reads from JSON, how it is stored, how the
 /// OpenAPI document describes it.
-pub trait FieldValue<'a>: Sized {
+pub trait FieldValue<'de>: Sized {
     /// The column it is stored in.
     const COLUMN: ColumnType;
+    /// What to tell the client when serde_json cannot read the value at
+    /// all (its grammar is checked first, so only an escape that stands for
+    /// no character, or a number beyond a double, gets here).
+    const UNREADABLE: &'static str = UNPAIRED_SURROGATE;
 
-    /// Reads the JSON text of a value that is present and not `null`.
-    fn read(json: &'a str) -> Result<Self, Problem>;
-    /// JSON Schema of the values `read` accepts.
+    /// The value, from anything but `null`.
+    fn from_scalar(value: Scalar<'de>) -> Result<Self, Problem>;
+    /// JSON Schema of the values it reads.
     fn schema() -> Value;
     /// The value as bound to its column.
     fn cell(&self) -> Cell<'_>;
+
+    fn read<D: Deserializer<'de>>(d: D) -> Result<Given<Self>, D::Error> {
+        Ok(match d.deserialize_any(ScalarVisitor)? {
+            Scalar::Null => Ok(None),
+            value => Self::from_scalar(value).map(Some),
+        })
+    }
 }
 
-/// The text of a JSON string, escapes decoded; `None` if `json` is not a
-/// string. Most strings hold no escape and are borrowed as they are.
-fn string(json: &str) -> Option<Result<Cow<'_, str>, Problem>> {
-    let inner = json.strip_prefix('"')?.strip_suffix('"')?;
-    if !inner.contains('\\') {
-        return Some(Ok(Cow::Borrowed(inner)));
+/// A JSON value as far as a field needs to know it: arrays and objects are
+/// never a valid field value here, so their content is skipped.
+#[derive(Debug)]
+pub enum Scalar<'de> {
+    Null,
+    Bool,
+    /// An integer token ≥ 0.
+    Unsigned(u64),
+    /// An integer token < 0.
+    Negative(i64),
+    /// Any other number (a fraction, an exponent, `-0`, or past 64 bits).
+    Float(f64),
+    Text(Cow<'de, str>),
+    Array,
+    Object,
+}
+
+impl<'de> Scalar<'de> {
+    fn text(self, expected: &'static str) -> Result<Cow<'de, str>, Problem> {
+        match self {
+            Scalar::Text(text) => Ok(text),
+            _ => Err(expected.into()),
+        }
     }
-    // The outer parse checked the escapes' syntax but not what they stand
-    // for: decoding fails only on a surrogate escape without its pair.
-    Some(
-        serde_json::from_str::<String>(json)
-            .map(Cow::Owned)
-            .map_err(|_| Problem::Borrowed(UNPAIRED_SURROGATE)),
-    )
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Null)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Bool)
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Unsigned(n))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Negative(n))
+    }
+
+    fn visit_f64<E>(self, n: f64) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Float(n))
+    }
+
+    fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Text(Cow::Borrowed(text)))
+    }
+
+    fn visit_str<E>(self, text: &str) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Text(Cow::Owned(text.to_owned())))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar<'de>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Array)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar<'de>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Object)
+    }
 }
 
 const UNPAIRED_SURROGATE: &str =
@@ -73,12 +145,6 @@ const UNPAIRED_SURROGATE: &str =
 
 /// PostgreSQL cannot store U+0000 in `text` or `jsonb`.
 pub(super) const NUL: &str = "must not contain the NUL character (U+0000)";
-
-/// The text of a JSON number; `None` if `json` is not a number.
-fn number(json: &str) -> Option<&str> {
-    json.starts_with(|c: char| c == '-' || c.is_ascii_digit())
-        .then_some(json)
-}
 
 /// A text of at most `MAX` characters without U+0000; non-blank (not empty,
 /// not only whitespace) when `NON_BLANK`. Stored as given, not trimmed.
@@ -103,8 +169,8 @@ impl<const MAX: usize, const NON_BLANK: bool> Text<'_, MAX, NON_BLANK> {
 impl<'a, const MAX: usize, const NON_BLANK: bool> FieldValue<'a> for Text<'a, MAX, NON_BLANK> {
     const COLUMN: ColumnType = ColumnType::Text;
 
-    fn read(json: &'a str) -> Result<Self, Problem> {
-        let text = string(json).ok_or("must be a string")??;
+    fn from_scalar(value: Scalar<'a>) -> Result<Self, Problem> {
+        let text = value.text("must be a string")?;
         // Raw control characters are not JSON: only an escape holds a NUL.
         if matches!(text, Cow::Owned(_)) && text.contains('\0') {
             return Err(NUL.into());
@@ -138,8 +204,8 @@ impl<'a, const MAX: usize, const NON_BLANK: bool> FieldValue<'a> for Text<'a, MA
 impl<'a> FieldValue<'a> for Uuid {
     const COLUMN: ColumnType = ColumnType::Uuid;
 
-    fn read(json: &'a str) -> Result<Self, Problem> {
-        let text = string(json).ok_or("must be a UUID string")??;
+    fn from_scalar(value: Scalar<'a>) -> Result<Self, Problem> {
+        let text = value.text("must be a UUID string")?;
         Uuid::try_parse(&text).map_err(|_| "is not a valid UUID".into())
     }
 
@@ -156,8 +222,8 @@ impl<'a> FieldValue<'a> for Uuid {
 impl<'a> FieldValue<'a> for NaiveDate {
     const COLUMN: ColumnType = ColumnType::Date;
 
-    fn read(json: &'a str) -> Result<Self, Problem> {
-        let text = string(json).ok_or("must be a date string (YYYY-MM-DD)")??;
+    fn from_scalar(value: Scalar<'a>) -> Result<Self, Problem> {
+        let text = value.text("must be a date string (YYYY-MM-DD)")?;
         parse_date(&text).ok_or_else(|| "is not a valid date (YYYY-MM-DD)".into())
     }
 
@@ -181,6 +247,9 @@ pub(super) fn parse_date(s: &str) -> Option<NaiveDate> {
     shape.then(|| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())?
 }
 
+const INTEGER: &str =
+    "must be an integer from 1 to 2147483647, written without a fraction or exponent";
+
 /// A count: an integer ≥ 1 that fits an `integer` column; 1 when absent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quantity(pub i32);
@@ -193,22 +262,17 @@ impl Default for Quantity {
 
 impl<'a> FieldValue<'a> for Quantity {
     const COLUMN: ColumnType = ColumnType::Int4;
+    const UNREADABLE: &'static str = INTEGER;
 
-    fn read(json: &'a str) -> Result<Self, Problem> {
-        let integer = number(json).filter(|n| !n.contains(['.', 'e', 'E']));
-        let text = integer.ok_or("must be an integer")?;
-        // Past i64 either way, the sign tells which bound it broke.
-        let n = text.parse::<i64>().unwrap_or(if text.starts_with('-') {
-            i64::MIN
-        } else {
-            i64::MAX
-        });
-        if n < 1 {
-            return Err("must be at least 1".into());
+    fn from_scalar(value: Scalar<'a>) -> Result<Self, Problem> {
+        match value {
+            Scalar::Unsigned(0) | Scalar::Negative(_) => Err("must be at least 1".into()),
+            Scalar::Unsigned(n) => i32::try_from(n)
+                .map(Quantity)
+                .map_err(|_| format!("must be at most {}", i32::MAX).into()),
+            // `3.0`, `3e0` and integers past 64 bits: not an integer token.
+            _ => Err(INTEGER.into()),
         }
-        i32::try_from(n)
-            .map(Quantity)
-            .map_err(|_| format!("must be at most {}", i32::MAX).into())
     }
 
     fn schema() -> Value {
@@ -220,20 +284,31 @@ impl<'a> FieldValue<'a> for Quantity {
     }
 }
 
+const MEASURE: &str = "must be a finite number ≥ 0";
+
 /// A length or weight: a finite number ≥ 0, as the double nearest to the
-/// decimal sent (Rust's parser rounds correctly; the worker reads the same
-/// text with it, so the value stored is the one read here).
+/// decimal sent (serde_json's `float_roundtrip` rounds correctly; the worker
+/// reads the same text the same way, so the value stored is the one read
+/// here).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Measure(pub f64);
 
 impl<'a> FieldValue<'a> for Measure {
     const COLUMN: ColumnType = ColumnType::Float8;
+    const UNREADABLE: &'static str = MEASURE;
 
-    fn read(json: &'a str) -> Result<Self, Problem> {
-        let text = number(json).ok_or("must be a number")?;
-        match text.parse::<f64>() {
-            Ok(n) if n >= 0.0 && n.is_finite() => Ok(Measure(n)),
-            _ => Err("must be a finite number ≥ 0".into()),
+    fn from_scalar(value: Scalar<'a>) -> Result<Self, Problem> {
+        let n = match value {
+            Scalar::Unsigned(n) => n as f64,
+            Scalar::Float(n) => n,
+            Scalar::Negative(_) => return Err(MEASURE.into()),
+            _ => return Err("must be a number".into()),
+        };
+        // serde_json yields no infinity or NaN; `-0` is ≥ 0.
+        if n >= 0.0 {
+            Ok(Measure(n))
+        } else {
+            Err(MEASURE.into())
         }
     }
 
@@ -281,8 +356,8 @@ impl ProjectStatus {
 impl<'a> FieldValue<'a> for ProjectStatus {
     const COLUMN: ColumnType = ColumnType::Text;
 
-    fn read(json: &'a str) -> Result<Self, Problem> {
-        let text = string(json).ok_or("must be a string")??;
+    fn from_scalar(value: Scalar<'a>) -> Result<Self, Problem> {
+        let text = value.text("must be a string")?;
         ProjectStatus::ALL
             .into_iter()
             .find(|s| s.as_str() == text)
@@ -318,45 +393,6 @@ mod tests {
             "-480-01-01",
         ] {
             assert!(parse_date(bad).is_none(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn texts_decode_escapes_and_keep_their_rules() {
-        fn read(json: &str) -> Result<String, Problem> {
-            Code::read(json).map(|t| t.0.into_owned())
-        }
-        assert_eq!(read(r#""A\u0041\n""#).as_deref(), Ok("AA\n"));
-        assert_eq!(read(r#""\ud83d\ude00""#).as_deref(), Ok("😀"));
-        assert_eq!(read(r#""\udc00""#), Err(UNPAIRED_SURROGATE.into()));
-        assert_eq!(read(r#""a\ud800b""#), Err(UNPAIRED_SURROGATE.into()));
-        assert_eq!(read(r#""a\u0000""#), Err(NUL.into()));
-        assert!(read(r#"" \t""#).is_err());
-        assert!(Note::read(r#"" ""#).is_ok());
-        assert!(read(&format!("\"{}\"", "é".repeat(64))).is_ok());
-        assert!(read(&format!("\"{}\"", "é".repeat(65))).is_err());
-        assert!(read("12").is_err());
-    }
-
-    #[test]
-    fn numbers_are_read_by_their_rules() {
-        assert_eq!(Quantity::read("7"), Ok(Quantity(7)));
-        for bad in [
-            "0",
-            "-0",
-            "-3",
-            "1.0",
-            "1e2",
-            "2147483648",
-            "99999999999999999999",
-        ] {
-            assert!(Quantity::read(bad).is_err(), "{bad}");
-        }
-        assert_eq!(Quantity::read("2147483647"), Ok(Quantity(i32::MAX)));
-        assert_eq!(Measure::read("1.5e3"), Ok(Measure(1500.0)));
-        assert_eq!(Measure::read("-0"), Ok(Measure(-0.0)));
-        for bad in ["-0.001", "1e400", "\"1\"", "true"] {
-            assert!(Measure::read(bad).is_err(), "{bad}");
         }
     }
 }

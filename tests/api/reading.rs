@@ -10,7 +10,9 @@ use proptest::{
 };
 use reqwest::StatusCode;
 use serde_json::{json, Map, Value};
-use sync_ingest::domain::{Batch, BatchError, Cell, Entity, Item};
+use sync_ingest::domain::{
+    Batch, BatchError, Cell, Code, Entity, FieldValue, Given, Item, Measure, Note, Quantity,
+};
 use uuid::Uuid;
 
 fn any_body(items: std::ops::Range<usize>) -> impl Strategy<Value = BodyCase> {
@@ -248,4 +250,63 @@ fn absent_and_null_take_defaults_and_missing_guids_are_assigned() {
     assert!(projects
         .iter()
         .all(|p| p.status.as_str() == "active" && p.end_date.is_none()));
+}
+
+/// A value as the reader takes it, with what it says when serde_json cannot
+/// read the value at all.
+fn value<T: FieldValue<'static>>(json: &'static str) -> Given<T> {
+    let mut d = serde_json::Deserializer::from_str(json);
+    T::read(&mut d).unwrap_or_else(|_| Err(T::UNREADABLE.into()))
+}
+
+#[test]
+fn texts_decode_escapes_and_keep_their_rules() {
+    let text = |json| value::<Code>(json).map(|t| t.map(|t| t.as_str().to_owned()));
+    assert_eq!(text(r#""A\u0041\n""#), Ok(Some("AA\n".into())));
+    assert_eq!(text(r#""\ud83d\ude00""#), Ok(Some("😀".into())));
+    assert_eq!(text("null"), Ok(None));
+    for bad in [
+        r#""\udc00""#,
+        r#""a\ud800b""#,
+        r#""a\u0000""#,
+        r#"" \t""#,
+        "12",
+        "[]",
+    ] {
+        assert!(text(bad).is_err(), "{bad}");
+    }
+    assert!(value::<Note>(r#"" ""#).is_ok());
+    assert!(text(format!("\"{}\"", "é".repeat(64)).leak()).is_ok());
+    assert!(text(format!("\"{}\"", "é".repeat(65)).leak()).is_err());
+}
+
+#[test]
+fn numbers_are_read_by_their_rules() {
+    assert_eq!(value::<Quantity>("7"), Ok(Some(Quantity(7))));
+    assert_eq!(
+        value::<Quantity>("2147483647"),
+        Ok(Some(Quantity(i32::MAX)))
+    );
+    for bad in [
+        "0",
+        "-0",
+        "-3",
+        "1.0",
+        "1e2",
+        "2147483648",
+        "99999999999999999999",
+        "1e400",
+    ] {
+        assert!(value::<Quantity>(bad).is_err(), "{bad}");
+    }
+    assert_eq!(value::<Measure>("1.5e3"), Ok(Some(Measure(1500.0))));
+    assert_eq!(value::<Measure>("-0"), Ok(Some(Measure(-0.0))));
+    // The double nearest to the decimal, not merely a close one.
+    assert_eq!(
+        value::<Measure>("2.2250738585072011e-308"),
+        Ok(Some(Measure(2.225_073_858_507_201e-308)))
+    );
+    for bad in ["-0.001", "-2", "1e400", "\"1\"", "true", "[1]"] {
+        assert!(value::<Measure>(bad).is_err(), "{bad}");
+    }
 }
