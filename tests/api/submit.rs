@@ -64,6 +64,20 @@ fn pair(index: u64, field: &str) -> (Option<u64>, Option<String>) {
     (Some(index), Some(field.to_owned()))
 }
 
+/// Asserts a `validation_failed` answer naming exactly these (item, field)
+/// pairs, and that no job was recorded.
+async fn assert_refused(app: &TestApp, response: Response, expected: &[(u64, &str)]) {
+    let problem = assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    let expected: BTreeSet<_> = expected.iter().map(|(i, f)| pair(*i, f)).collect();
+    assert_eq!(error_pairs(&problem), expected, "{problem}");
+    assert_eq!(job_rows(app).await, 0);
+}
+
 async fn job_rows(app: &TestApp) -> i64 {
     app.count("sync_jobs").await
 }
@@ -705,22 +719,13 @@ async fn strings_with_nul_characters_are_rejected_with_422() {
         .post("projects", &token, &json!([name, description, value, key]))
         .await;
 
-    let problem = assert_problem(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
-    let expected: BTreeSet<_> = [
-        pair(0, "name"),
-        pair(1, "description"),
-        pair(2, "attributes"),
-        pair(3, "attributes"),
-    ]
-    .into_iter()
-    .collect();
-    assert_eq!(error_pairs(&problem), expected, "{problem}");
-    assert_eq!(job_rows(&app).await, 0);
+    let expected = [
+        (0, "name"),
+        (1, "description"),
+        (2, "attributes"),
+        (3, "attributes"),
+    ];
+    assert_refused(&app, response, &expected).await;
 }
 
 /// The body as raw text: `serde_json` cannot write an unpaired surrogate or
@@ -754,21 +759,8 @@ async fn unpaired_surrogates_are_rejected_with_422_naming_item_and_field() {
         .post_raw("projects", &token, "application/json", body)
         .await;
 
-    let problem = assert_problem(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
-    let expected: BTreeSet<_> = [
-        pair(0, "attributes"),
-        pair(1, "attributes"),
-        pair(2, "description"),
-    ]
-    .into_iter()
-    .collect();
-    assert_eq!(error_pairs(&problem), expected, "{problem}");
-    assert_eq!(job_rows(&app).await, 0);
+    let expected = [(0, "attributes"), (1, "attributes"), (2, "description")];
+    assert_refused(&app, response, &expected).await;
 }
 
 #[tokio::test]
@@ -789,15 +781,7 @@ async fn a_key_named_twice_in_an_item_is_rejected_with_422() {
         .post_raw("projects", &token, "application/json", body)
         .await;
 
-    let problem = assert_problem(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
-    let expected: BTreeSet<_> = [pair(0, "name"), pair(1, "name")].into_iter().collect();
-    assert_eq!(error_pairs(&problem), expected, "{problem}");
-    assert_eq!(job_rows(&app).await, 0);
+    assert_refused(&app, response, &[(0, "name"), (1, "name")]).await;
 }
 
 #[tokio::test]
