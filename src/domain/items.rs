@@ -6,8 +6,8 @@
 //! schema (`api::openapi`).
 
 use super::values::{
-    Cell, Code, ColumnType, FieldValue, Given, Label, Measure, Name, Note, Problem, ProjectStatus,
-    Quantity,
+    unreadable, Cell, Code, ColumnType, FieldValue, Given, Label, Measure, Name, Note, Problem,
+    ProjectStatus, Quantity,
 };
 use super::{Attributes, Entity};
 use chrono::NaiveDate;
@@ -62,8 +62,9 @@ pub trait Item<'a>: Sized {
         at: usize,
         value: D,
     ) -> Result<(), D::Error>;
-    /// Field `at` holds a value serde_json cannot read at all.
-    fn unreadable(draft: &mut Self::Draft, at: usize);
+    /// Field `at` holds a value serde_json cannot read at all; `json` is
+    /// its text.
+    fn unreadable(draft: &mut Self::Draft, at: usize, json: &str);
     /// The GUID the draft gives, if it gives a valid one.
     fn given_guid(draft: &Self::Draft) -> Option<Uuid>;
     /// The item, once every field was read; every problem is added, and
@@ -185,22 +186,22 @@ macro_rules! entity {
                 Ok(())
             }
 
-            fn unreadable(draft: &mut $draft<'a>, at: usize) {
-                fn problem<'a, T: FieldValue<'a>>() -> Slot<T> {
-                    Some(Err(T::UNREADABLE.into()))
+            fn unreadable(draft: &mut $draft<'a>, at: usize, json: &str) {
+                fn problem<'a, T: FieldValue<'a>>(json: &str) -> Slot<T> {
+                    Some(Err(unreadable::<T>(json)))
                 }
                 #[allow(non_camel_case_types)]
                 enum At { guid, company_guid, $( $field, )* attributes }
                 if at == At::guid as usize {
-                    draft.guid = problem();
+                    draft.guid = problem(json);
                 } else if at == At::company_guid as usize {
-                    draft.company_guid = problem();
+                    draft.company_guid = problem(json);
                 }
                 $( else if at == At::$field as usize {
-                    draft.$field = problem();
+                    draft.$field = problem(json);
                 } )*
                 else if at == At::attributes as usize {
-                    draft.attributes = problem();
+                    draft.attributes = problem(json);
                 }
             }
 

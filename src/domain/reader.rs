@@ -182,7 +182,21 @@ impl<'de, T: Item<'de>> Visitor<'de> for Body<'_, T> {
                 index,
                 item: PhantomData,
             };
-            if seq.next_element_seed(seed)?.is_none() {
+            let more = match seed.read.pass {
+                Pass::Direct => seq.next_element_seed(seed)?.is_some(),
+                // An item serde_json cannot read whole is still only that
+                // item's problem.
+                Pass::ValueByValue => match seq.next_element::<&'de RawValue>()? {
+                    Some(item) if item.get().starts_with('{') => {
+                        let mut reader = serde_json::Deserializer::from_str(item.get());
+                        seed.deserialize(&mut reader).map_err(de::Error::custom)?;
+                        true
+                    }
+                    Some(_) => seed.not_an_object::<A::Error>().map(|()| true)?,
+                    None => false,
+                },
+            };
+            if !more {
                 return Ok(());
             }
             read.count += 1;
@@ -262,7 +276,7 @@ impl<'de, T: Item<'de>> Visitor<'de> for ItemSeed<'_, T> {
             let value: &'de RawValue = map.next_value()?;
             let mut reader = serde_json::Deserializer::from_str(value.get());
             if T::read_field(&mut draft, at, &mut reader).is_err() {
-                T::unreadable(&mut draft, at);
+                T::unreadable(&mut draft, at, value.get());
             }
         }
         let given = T::given_guid(&draft);
@@ -305,8 +319,9 @@ impl<'de, T: Item<'de>> DeserializeSeed<'de> for FieldSeed<'_, 'de, T> {
 }
 
 /// A key's bytes, escapes decoded but not checked: a key with an unpaired
-/// surrogate names no field and is reported as unknown, rather than ending
-/// the reading of the body.
+/// surrogate (or a raw control character, which JSON does not allow) names
+/// no field and is reported as unknown, rather than ending the reading of
+/// the body.
 struct Key<'de>(Cow<'de, [u8]>);
 
 impl<'de> de::Deserialize<'de> for Key<'de> {

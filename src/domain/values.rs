@@ -46,10 +46,6 @@ pub enum Cell<'a> {
 pub trait FieldValue<'de>: Sized {
     /// The column it is stored in.
     const COLUMN: ColumnType;
-    /// What to tell the client when serde_json cannot read the value at
-    /// all (its grammar is checked first, so only an escape that stands for
-    /// no character, or a number beyond a double, gets here).
-    const UNREADABLE: &'static str = UNPAIRED_SURROGATE;
 
     /// The value, from anything but `null`.
     fn from_scalar(value: Scalar<'de>) -> Result<Self, Problem>;
@@ -138,6 +134,22 @@ impl<'de> Visitor<'de> for ScalarVisitor {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
         Ok(Scalar::Object)
     }
+}
+
+/// What is wrong with a value serde_json cannot read at all — its grammar
+/// is checked first, so only a string with an escape that stands for no
+/// character, or a number beyond a double (in an array or object too) —
+/// said as `T` says it of a value of that kind.
+pub fn unreadable<'de, T: FieldValue<'de>>(json: &str) -> Problem {
+    let like = match json.as_bytes().first() {
+        Some(b'"') => return UNPAIRED_SURROGATE.into(),
+        Some(b'{') => Scalar::Object,
+        Some(b'[') => Scalar::Array,
+        _ => Scalar::Float(f64::INFINITY),
+    };
+    T::from_scalar(like)
+        .err()
+        .unwrap_or_else(|| "cannot be read".into())
 }
 
 const UNPAIRED_SURROGATE: &str =
@@ -262,7 +274,6 @@ impl Default for Quantity {
 
 impl<'a> FieldValue<'a> for Quantity {
     const COLUMN: ColumnType = ColumnType::Int4;
-    const UNREADABLE: &'static str = INTEGER;
 
     fn from_scalar(value: Scalar<'a>) -> Result<Self, Problem> {
         match value {
@@ -295,7 +306,6 @@ pub struct Measure(pub f64);
 
 impl<'a> FieldValue<'a> for Measure {
     const COLUMN: ColumnType = ColumnType::Float8;
-    const UNREADABLE: &'static str = MEASURE;
 
     fn from_scalar(value: Scalar<'a>) -> Result<Self, Problem> {
         let n = match value {
@@ -304,8 +314,8 @@ impl<'a> FieldValue<'a> for Measure {
             Scalar::Negative(_) => return Err(MEASURE.into()),
             _ => return Err("must be a number".into()),
         };
-        // serde_json yields no infinity or NaN; `-0` is ≥ 0.
-        if n >= 0.0 {
+        // `-0` is ≥ 0.
+        if n >= 0.0 && n.is_finite() {
             Ok(Measure(n))
         } else {
             Err(MEASURE.into())

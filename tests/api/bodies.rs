@@ -9,6 +9,7 @@
 
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
+use std::collections::BTreeSet;
 use sync_ingest::domain::Entity;
 use uuid::Uuid;
 
@@ -143,6 +144,8 @@ fn wrong_type() -> impl Strategy<Value = Sample> {
         &[
             "12",
             "-1.5",
+            "1e400",
+            "{\"\\udc00\": 1}",
             "true",
             "false",
             "[]",
@@ -333,7 +336,7 @@ fn attributes() -> BoxedStrategy<Sample> {
         1 => spoilt(Just("\\u0000")).prop_map(|s| invalid(format!("{{{s}: 1}}"))),
         1 => spoilt(lone_surrogate()).prop_map(|s| invalid(format!("{{\"k\": [{s}]}}"))),
         1 => spoilt(lone_surrogate()).prop_map(|s| invalid(format!("{{{s}: 1}}"))),
-        1 => Just(invalid("{\"n\": 1e400}")),
+        1 => prop::sample::select(&["{\"n\": 1e-20000}", "{\"n\": [0e1001]}", "{\"n\": {\"m\": 1E+1001}}"][..]).prop_map(invalid),
         1 => prop::sample::select(&["[1]", "\"{}\"", "3", "true"][..]).prop_map(invalid),
     ]
     .boxed()
@@ -359,9 +362,10 @@ pub struct ItemCase {
     /// The text of an item that is not an object.
     other: Option<&'static str>,
     space: &'static str,
-    pub valid: bool,
     /// Whether the first member is the `guid`.
     guid_member: bool,
+    /// The fields a refusal must name (`None`: the item as a whole).
+    pub errors: BTreeSet<Option<&'static str>>,
     /// The GUID the item gives, if it gives a valid one.
     pub given: Option<Uuid>,
     /// For a valid item, each column's value (`guid` when given).
@@ -369,6 +373,10 @@ pub struct ItemCase {
 }
 
 impl ItemCase {
+    pub fn valid(&self) -> bool {
+        self.errors.is_empty()
+    }
+
     fn render(&self) -> String {
         if let Some(other) = self.other {
             return other.to_owned();
@@ -413,17 +421,24 @@ enum Spoil {
     Value(usize),
     Missing(usize),
     Unknown(&'static str),
+    /// The field named again, with the same value.
     Repeated(usize),
+    /// The field named again, with a value that breaks its rule.
+    RepeatedBadly(usize),
     NotAnObject(&'static str),
 }
 
 fn spoil(fields: usize) -> impl Strategy<Value = Option<Spoil>> {
+    let unknown = prop::sample::select(&["colour", "Mark", "guid "][..]);
+    let other =
+        prop::sample::select(&["[1, 2]", "\"item\"", "3", "null", "\"\\udc00\"", "1e400"][..]);
     let how = prop_oneof![
         5 => (0..fields).prop_map(Spoil::Value),
         1 => (0..fields).prop_map(Spoil::Missing),
-        1 => prop::sample::select(&["\"colour\"", "\"Mark\"", "\"guid \""][..]).prop_map(Spoil::Unknown),
+        1 => unknown.prop_map(Spoil::Unknown),
         1 => (0..fields).prop_map(Spoil::Repeated),
-        1 => prop::sample::select(&["[1, 2]", "\"item\"", "3", "null"][..]).prop_map(Spoil::NotAnObject),
+        1 => (0..fields).prop_map(Spoil::RepeatedBadly),
+        1 => other.prop_map(Spoil::NotAnObject),
     ];
     prop::option::weighted(0.35, how)
 }
@@ -445,63 +460,86 @@ fn item(entity: Entity) -> impl Strategy<Value = ItemCase> {
             members: Vec::new(),
             other: None,
             space,
-            valid: true,
             guid_member: false,
+            errors: BTreeSet::new(),
             given: None,
             stored: Map::new(),
         };
+        // Each field's member, and a value that breaks its rule.
+        let mut named = Vec::new();
         for (at, (&(name, kind, required), (key, good, bad))) in
             fields.iter().zip(members).enumerate()
         {
             let value = match spoil {
-                Some(Spoil::Value(i)) if i == at => Some(bad),
+                Some(Spoil::Value(i)) if i == at => Some(bad.clone()),
                 Some(Spoil::Missing(i)) if i == at && required => None,
                 _ => good,
             };
             case.guid_member |= at == 0 && value.is_some();
-            let Some(value) = value else {
-                case.valid &= !required;
-                if name != "guid" {
-                    case.stored.insert(name.into(), default_of(kind));
-                }
-                continue;
-            };
-            case.members.push((key, value.json.clone()));
-            match value.stored {
-                _ if value.json == "null" && required => case.valid = false,
-                _ if value.json == "null" => {
-                    if name != "guid" {
-                        case.stored.insert(name.into(), default_of(kind));
+            named.push(
+                value
+                    .as_ref()
+                    .map(|_| (case.members.len(), key.clone(), bad.json)),
+            );
+            let stored = match value {
+                None => None,
+                Some(value) => {
+                    case.members.push((key, value.json.clone()));
+                    if value.json != "null" && value.stored.is_none() {
+                        case.errors.insert(Some(name));
+                        continue;
                     }
+                    value.stored
                 }
+            };
+            match stored {
                 Some(stored) => {
                     if name == "guid" {
                         case.given = stored.as_str().and_then(|s| s.parse().ok());
                     }
                     case.stored.insert(name.into(), stored);
                 }
-                None => case.valid = false,
+                None if required => {
+                    case.errors.insert(Some(name));
+                }
+                None if name == "guid" => {}
+                None => {
+                    case.stored.insert(name.into(), default_of(kind));
+                }
             }
         }
-        if let (Some(Value::String(start)), Some(Value::String(end))) =
-            (case.stored.get("start_date"), case.stored.get("end_date"))
-        {
-            case.valid &= end >= start;
+        // Across fields, once every field is valid.
+        if let (true, Some(Value::String(start)), Some(Value::String(end))) = (
+            case.errors.is_empty(),
+            case.stored.get("start_date"),
+            case.stored.get("end_date"),
+        ) {
+            if end < start {
+                case.errors.insert(Some("end_date"));
+            }
         }
+        let again = |i: usize| named[i].clone().map(|(at, key, bad)| (i, at, key, bad));
         match spoil {
             Some(Spoil::Unknown(key)) => {
-                case.members.push((key.into(), "1".into()));
-                case.valid = false;
+                case.members.push((format!("\"{key}\""), "1".into()));
+                case.errors.insert(Some(key));
             }
-            Some(Spoil::Repeated(at)) if at < case.members.len() => {
-                let again = case.members[at].clone();
-                case.members.push(again);
-                case.valid = false;
+            Some(Spoil::Repeated(i)) => {
+                if let Some((i, at, _, _)) = again(i) {
+                    case.members.push(case.members[at].clone());
+                    case.errors.insert(Some(fields[i].0));
+                }
+            }
+            Some(Spoil::RepeatedBadly(i)) => {
+                if let Some((i, _, key, bad)) = again(i) {
+                    case.members.push((key, bad));
+                    case.errors.insert(Some(fields[i].0));
+                }
             }
             Some(Spoil::NotAnObject(text)) => {
                 case.other = Some(text);
                 case.given = None;
-                case.valid = false;
+                case.errors = [None].into();
             }
             _ => {}
         }
@@ -519,21 +557,27 @@ pub struct BodyCase {
 
 impl BodyCase {
     pub fn valid(&self) -> bool {
-        self.items.iter().all(|i| i.valid)
+        self.items.iter().all(ItemCase::valid)
     }
 
-    /// Indexes of the items a refusal must list.
-    pub fn invalid_items(&self) -> Vec<usize> {
-        (0..self.items.len())
-            .filter(|i| !self.items[*i].valid)
-            .collect()
+    /// The (item, field) pairs a refusal must list.
+    pub fn errors(&self) -> Vec<(usize, Option<String>)> {
+        let mut errors: Vec<(usize, Option<String>)> = self
+            .items
+            .iter()
+            .enumerate()
+            .flat_map(|(i, item)| item.errors.iter().map(move |f| (i, f.map(str::to_owned))))
+            .collect();
+        errors.sort();
+        errors
     }
 }
 
 pub fn body(entity: Entity, items: std::ops::Range<usize>) -> impl Strategy<Value = BodyCase> {
     let same_guid = prop::bool::weighted(0.1);
     (prop::collection::vec(item(entity), items), same_guid).prop_map(move |(mut items, same)| {
-        if let (true, Some(guid)) = (same && items.len() > 1, items.first().and_then(|i| i.given)) {
+        let first = items.first().and_then(|i| i.given);
+        if let (true, Some(guid)) = (same && items.len() > 1 && items[1].valid(), first) {
             // The second item gives the first one's GUID.
             let second = &mut items[1];
             let given = ("\"guid\"".to_owned(), format!("\"{guid}\""));
@@ -542,7 +586,7 @@ pub fn body(entity: Entity, items: std::ops::Range<usize>) -> impl Strategy<Valu
             } else {
                 second.members.insert(0, given);
             }
-            second.valid = false;
+            second.errors.insert(Some("guid"));
         }
         let texts: Vec<String> = items.iter().map(ItemCase::render).collect();
         BodyCase {

@@ -51,13 +51,18 @@ fn assert_holds(columns: &Map<String, Value>, expected: &Map<String, Value>, wha
     }
 }
 
-fn error_indexes(errors: &[Value]) -> Vec<usize> {
-    let mut indexes: Vec<usize> = errors
+/// The (item, field) pairs of a refusal, in order, each once.
+fn error_pairs(errors: &[Value]) -> Vec<(usize, Option<String>)> {
+    let mut pairs: Vec<(usize, Option<String>)> = errors
         .iter()
-        .map(|e| e["index"].as_u64().expect("every error names its item") as usize)
+        .map(|e| {
+            let index = e["index"].as_u64().expect("every error names its item");
+            (index as usize, e["field"].as_str().map(str::to_owned))
+        })
         .collect();
-    indexes.dedup();
-    indexes
+    pairs.sort();
+    pairs.dedup();
+    pairs
 }
 
 proptest! {
@@ -70,17 +75,18 @@ proptest! {
         let read = Batch::read(case.entity, case.json.as_bytes(), 1000);
         match read {
             Ok(batch) => {
-                prop_assert!(case.valid(), "accepted, but items {:?} are invalid: {}",
-                    case.invalid_items(), case.json);
+                prop_assert!(case.valid(), "accepted, but {:?} are invalid: {}",
+                    case.errors(), case.json);
                 let read: Vec<Map<String, Value>> =
                     sync_ingest::with_items!(&batch, |items| items.iter().map(columns).collect());
+                prop_assert_eq!(read.len(), case.items.len());
                 for (item, columns) in case.items.iter().zip(&read) {
                     assert_holds(columns, &item.stored, &case.json);
                 }
             }
             Err(BatchError::Invalid(errors)) => {
                 let errors: Vec<Value> = errors.iter().map(|e| json!(e)).collect();
-                prop_assert_eq!(error_indexes(&errors), case.invalid_items(), "{}", case.json);
+                prop_assert_eq!(error_pairs(&errors), case.errors(), "{}", case.json);
             }
             Err(too_large) => prop_assert!(false, "{too_large}"),
         }
@@ -131,8 +137,8 @@ async fn generated_bodies_are_applied_as_sent_or_refused_item_by_item() {
             assert_eq!(answer["code"], "validation_failed");
             let errors = answer["errors"].as_array().expect("errors");
             assert_eq!(
-                error_indexes(errors),
-                case.invalid_items(),
+                error_pairs(errors),
+                case.errors(),
                 "{answer}: {}",
                 case.json
             );
@@ -144,6 +150,7 @@ async fn generated_bodies_are_applied_as_sent_or_refused_item_by_item() {
         let job = app.finished_job(id, &token).await;
         assert_eq!(job["status"], "succeeded", "{job}: {}", case.json);
         let guids = answer["guids"].as_array().expect("guids");
+        assert_eq!(guids.len(), case.items.len(), "{answer}");
         for (item, guid) in case.items.iter().zip(guids) {
             let guid: Uuid = guid.as_str().and_then(|g| g.parse().ok()).expect("guid");
             let row = stored_row(&app, case.entity, guid).await;
@@ -252,11 +259,10 @@ fn absent_and_null_take_defaults_and_missing_guids_are_assigned() {
         .all(|p| p.status.as_str() == "active" && p.end_date.is_none()));
 }
 
-/// A value as the reader takes it, with what it says when serde_json cannot
-/// read the value at all.
+/// A value as its type reads it; one serde_json cannot read is refused.
 fn value<T: FieldValue<'static>>(json: &'static str) -> Given<T> {
     let mut d = serde_json::Deserializer::from_str(json);
-    T::read(&mut d).unwrap_or_else(|_| Err(T::UNREADABLE.into()))
+    T::read(&mut d).unwrap_or_else(|e| Err(e.to_string().into()))
 }
 
 #[test]
