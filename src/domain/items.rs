@@ -9,7 +9,7 @@ use super::values::{
     unreadable, Cell, Code, ColumnType, FieldValue, Given, Label, Measure, Name, Note, Problem,
     ProjectStatus, Quantity,
 };
-use super::{Attributes, Entity};
+use super::{Attributes, Entity, FieldError};
 use chrono::NaiveDate;
 use serde::Deserializer;
 use serde_json::Value;
@@ -37,7 +37,7 @@ pub struct Reference {
 /// Where one item's problems go: the item's index and the batch's list.
 pub struct Problems<'e> {
     pub index: usize,
-    pub errors: &'e mut Vec<super::FieldError>,
+    pub errors: &'e mut Vec<FieldError>,
 }
 
 impl Problems<'_> {

@@ -20,54 +20,11 @@
 //! tree for every item costs an allocation per string.
 
 use super::items::{Item, Problems};
-use super::{Batch, Entity};
+use super::{Batch, BatchError, Entity, FieldError};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::Serialize;
 use serde_json::value::RawValue;
 use std::{borrow::Cow, fmt, marker::PhantomData};
 use uuid::Uuid;
-
-/// One problem with one field of one item (or with the body as a whole,
-/// when `index` and `field` are absent).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct FieldError {
-    pub index: Option<usize>,
-    pub field: Option<String>,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn body(message: impl Into<String>) -> Self {
-        FieldError {
-            index: None,
-            field: None,
-            message: message.into(),
-        }
-    }
-
-    pub fn item(index: usize, field: &str, message: impl Into<String>) -> Self {
-        FieldError {
-            index: Some(index),
-            field: Some(field.to_owned()),
-            message: message.into(),
-        }
-    }
-}
-
-/// Why a body is not a batch.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum BatchError {
-    /// More items than the entity's limit.
-    #[error("{count} items exceed the limit of {limit} for {entity}")]
-    TooLarge {
-        entity: Entity,
-        count: usize,
-        limit: usize,
-    },
-    /// The body or some items are invalid; every problem found is listed.
-    #[error("{} validation error(s)", .0.len())]
-    Invalid(Vec<FieldError>),
-}
 
 /// Reads a body of `T` items: at most `limit`, every item valid, no GUID
 /// given twice. Items without a GUID get a new UUIDv7.
@@ -300,7 +257,25 @@ impl<'de, T: Item<'de>> Visitor<'de> for ItemSeed<'_, T> {
         self.not_an_object()
     }
 
-    visit_scalars!(Self::not_an_object);
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        self.not_an_object()
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        self.not_an_object()
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        self.not_an_object()
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        self.not_an_object()
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.not_an_object()
+    }
 }
 
 /// The value of field `at`, read into the draft.
