@@ -2,7 +2,9 @@
 //! (bound to the `jsonb` column as it is), once its text has been checked
 //! for anything `jsonb` would refuse.
 
-use super::values::{Cell, ColumnType, FieldValue, Given, Problem, Scalar, NUL};
+use super::values::{
+    Cell, ColumnType, FieldValue, Given, Problem, Scalar, NUL, UNPAIRED_SURROGATE,
+};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{json, value::RawValue, Value};
 use std::{borrow::Cow, cell::Cell as Slot, fmt};
@@ -102,8 +104,6 @@ fn text(json: &str) -> Result<(), Problem> {
         Err(_) => Err(UNPAIRED_SURROGATE.into()),
     }
 }
-
-const UNPAIRED_SURROGATE: &str = "must not contain an unpaired surrogate escape";
 
 /// A number `numeric` stores whatever its digits: at most 1000 characters
 /// and an exponent within ±1000 keep it far inside `numeric`'s limits.

@@ -207,7 +207,7 @@ impl<'de, T: Item<'de>> Visitor<'de> for ItemSeed<'_, T> {
         // Items usually name their fields in the same order: the one after
         // the last found is tried first.
         let mut next = 0;
-        while let Some(Key(key)) = map.next_key()? {
+        while let Some(key) = map.next_key_seed(Key(pass))? {
             let named = |at: &usize| fields.get(*at).is_some_and(|f| f.name.as_bytes() == &*key);
             let found = Some(next).filter(named);
             let Some(at) = found.or_else(|| (0..fields.len()).find(named)) else {
@@ -293,25 +293,38 @@ impl<'de, T: Item<'de>> DeserializeSeed<'de> for FieldSeed<'_, 'de, T> {
     }
 }
 
-/// A key's bytes, escapes decoded but not checked: a key with an unpaired
-/// surrogate (or a raw control character, which JSON does not allow) names
-/// no field and is reported as unknown, rather than ending the reading of
-/// the body.
-struct Key<'de>(Cow<'de, [u8]>);
+/// How a key is read. Read directly, as a string: serde_json then checks
+/// it whole, and gives up on the body for an unpaired surrogate. Read value
+/// by value, as bytes, escapes decoded but not checked (the item's text was
+/// checked whole already): a key with an unpaired surrogate names no field
+/// and is reported as unknown.
+#[derive(Clone, Copy)]
+struct Key(Pass);
 
-impl<'de> de::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_bytes(KeyVisitor).map(Key)
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, [u8]>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        match self.0 {
+            Pass::Direct => d.deserialize_str(self),
+            Pass::ValueByValue => d.deserialize_bytes(self),
+        }
     }
 }
 
-struct KeyVisitor;
-
-impl<'de> Visitor<'de> for KeyVisitor {
+impl<'de> Visitor<'de> for Key {
     type Value = Cow<'de, [u8]>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a key")
+    }
+
+    fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(key.as_bytes()))
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(key.as_bytes().to_vec()))
     }
 
     fn visit_borrowed_bytes<E>(self, key: &'de [u8]) -> Result<Self::Value, E> {

@@ -65,13 +65,13 @@ pub trait FieldValue<'de>: Sized {
 
 /// What is wrong with a value serde_json cannot read at all — its grammar
 /// is checked first, so only a string with an escape that stands for no
-/// character, or a number beyond a double (in an array or object too) —
-/// said as `T` says it of a value of that kind.
+/// character, a number beyond a double, or an object with such a key (an
+/// array's content is skipped unread) — said as `T` says it of a value of
+/// that kind.
 pub fn unreadable<'de, T: FieldValue<'de>>(json: &str) -> Problem {
     let like = match json.as_bytes().first() {
         Some(b'"') => return UNPAIRED_SURROGATE.into(),
         Some(b'{') => Scalar::Object,
-        Some(b'[') => Scalar::Array,
         _ => Scalar::Float(f64::INFINITY),
     };
     T::from_scalar(like)
@@ -79,7 +79,7 @@ pub fn unreadable<'de, T: FieldValue<'de>>(json: &str) -> Problem {
         .unwrap_or_else(|| "cannot be read".into())
 }
 
-const UNPAIRED_SURROGATE: &str =
+pub(super) const UNPAIRED_SURROGATE: &str =
     "must not contain an unpaired surrogate escape (\\uD800-\\uDFFF without its pair)";
 
 /// PostgreSQL cannot store U+0000 in `text` or `jsonb`.

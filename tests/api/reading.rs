@@ -316,3 +316,51 @@ fn numbers_are_read_by_their_rules() {
         assert!(value::<Measure>(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn a_value_serde_json_cannot_read_is_told_as_its_field_tells_its_kind() {
+    let nil = Uuid::nil();
+    let body = format!(
+        r#"[{{"company_guid": "{nil}", "assembly_guid": "{nil}", "mark": "\udc00",
+              "length_mm": 1e400, "quantity": -1e400, "article_guid": {{"\ud800": 1}}}}]"#
+    );
+    let errors = errors_of(Entity::Pieces, &body);
+    let messages: Vec<(Option<&str>, &str)> = errors
+        .iter()
+        .map(|(_, f, m)| (f.as_deref(), m.as_str()))
+        .collect();
+    assert_eq!(messages.len(), 4, "{errors:?}");
+    assert!(
+        messages[0] == (Some("article_guid"), "must be a UUID string"),
+        "{errors:?}"
+    );
+    assert!(
+        messages[1].0 == Some("mark") && messages[1].1.contains("surrogate"),
+        "{errors:?}"
+    );
+    assert!(messages[2] == (Some("quantity"), messages[2].1) && messages[2].1.contains("integer"));
+    assert!(
+        messages[3] == (Some("length_mm"), "must be a finite number ≥ 0"),
+        "{errors:?}"
+    );
+}
+
+/// A raw control character is not JSON, wherever it is: the two ways the
+/// reader reads a body agree on that.
+#[test]
+fn a_raw_control_character_in_a_key_is_malformed_json_in_any_item() {
+    let nil = Uuid::nil();
+    let bad_key = format!(
+        r#"{{"company_guid": "{nil}", "number": "P", "name": "n", "a{ctl}b": 1}}"#,
+        ctl = '\u{1}'
+    );
+    let unreadable = format!(r#"{{"company_guid": "{nil}", "number": "P", "name": "\udc00"}}"#);
+    for body in [
+        format!("[{bad_key}]"),
+        format!("[{bad_key}, {unreadable}]"),
+        format!("[{unreadable}, {bad_key}]"),
+    ] {
+        let errors = errors_of(Entity::Projects, &body);
+        assert_eq!(fields_of(&errors), [(None, None)], "{body}: {errors:?}");
+    }
+}
