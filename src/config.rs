@@ -58,6 +58,16 @@ pub struct Settings {
     #[arg(long, global = true, env = "SYNC_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// A request body not fully arrived within this many seconds gets 408
+    /// and its connection closed.
+    #[arg(
+        long,
+        global = true,
+        env = "SYNC_BODY_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
+    pub body_timeout_secs: u64,
+
     /// Items per request for every entity but pieces.
     #[arg(long, global = true, env = "SYNC_MAX_BATCH", default_value_t = 5000)]
     pub max_batch: usize,

@@ -56,6 +56,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("the request body must be application/json")]
     UnsupportedMediaType,
+    #[error("the request body did not arrive within {secs} s")]
+    BodyTimeout { secs: u64 },
     #[error("the request queues are full; retry later")]
     QueueFull { retry_after: u64 },
     #[error("the message broker is unavailable; retry later")]
@@ -80,6 +82,7 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BrokerUnavailable | ApiError::DatabaseUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -102,6 +105,7 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::BodyTimeout { .. } => "body_timeout",
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::BrokerUnavailable => "broker_unavailable",
             ApiError::DatabaseUnavailable => "database_unavailable",
@@ -122,6 +126,7 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => "Idempotency key reused",
             ApiError::PayloadTooLarge { .. } => "Payload too large",
             ApiError::UnsupportedMediaType => "Unsupported media type",
+            ApiError::BodyTimeout { .. } => "Request timeout",
             ApiError::QueueFull { .. } => "Too many requests",
             ApiError::BrokerUnavailable | ApiError::DatabaseUnavailable => "Service unavailable",
             ApiError::Internal(_) => "Internal server error",
@@ -207,6 +212,11 @@ impl IntoResponse for ApiError {
             }
             ApiError::BrokerUnavailable | ApiError::DatabaseUnavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            // The rest of the body may still come: the connection cannot
+            // carry another request.
+            ApiError::BodyTimeout { .. } => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

@@ -184,6 +184,7 @@ fn submit_operation(entity: Entity, limit: usize) -> Value {
             "403": problem("insufficient_scope or company_access_denied"),
             "404": problem("not_found"),
             "409": problem("idempotency_key_reused"),
+            "408": problem("body_timeout: the body did not arrive within SYNC_BODY_TIMEOUT_SECS; the connection is closed"),
             "413": problem("payload_too_large"),
             "415": problem("unsupported_media_type"),
             "422": problem("validation_failed: every error, with index and field"),

@@ -209,21 +209,31 @@ async fn read_body(
     let mut message = ForwardedMessage::new(entity, announced.unwrap_or(0));
     let mut read = 0usize;
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::Validation(vec![FieldError {
-                index: None,
-                field: None,
-                message: format!("cannot read the request body: {e}"),
-            }])
-        })?;
-        read += chunk.len();
-        if read > limit {
-            return Err(too_large);
+    let whole = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::Validation(vec![FieldError::body(format!(
+                    "cannot read the request body: {e}"
+                ))])
+            })?;
+            read += chunk.len();
+            if read > limit {
+                return Err(too_large);
+            }
+            message.push_items(&chunk);
         }
-        message.push_items(&chunk);
+        Ok(())
+    };
+    // A client that stalls mid-body would otherwise hold its connection and
+    // buffer for ever.
+    let secs = state.settings.body_timeout_secs;
+    match tokio::time::timeout(std::time::Duration::from_secs(secs), whole).await {
+        Ok(whole) => whole.map(|()| message),
+        Err(_) => {
+            metrics::counter!(m::BODY_TIMEOUTS).increment(1);
+            Err(ApiError::BodyTimeout { secs })
+        }
     }
-    Ok(message)
 }
 
 /// Records how long a stage of a submission took (`sync_submission_stage_seconds`:

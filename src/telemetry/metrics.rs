@@ -28,6 +28,7 @@ pub const SHARDS_HELD: &str = "sync_worker_shards_held";
 pub const SHARDS_UNOWNED: &str = "sync_shards_unowned";
 pub const WORKERS_LIVE: &str = "sync_workers_live";
 pub const SHARD_HANDOVERS: &str = "sync_shard_handovers_total";
+pub const BODY_TIMEOUTS: &str = "sync_http_body_timeouts_total";
 
 /// HTTP handling: sub-millisecond to tens of seconds (waiting requests).
 const HTTP_BUCKETS: &[f64] = &[
@@ -118,6 +119,10 @@ pub fn describe() {
     describe_counter!(
         SHARD_HANDOVERS,
         "Shards handed over, by reason: join (given up to a joining worker), leave (released on stop), expiry (taken over after its lease ran out), fenced (a batch found the lease gone)"
+    );
+    describe_counter!(
+        BODY_TIMEOUTS,
+        "Requests answered 408 because their body did not arrive within SYNC_BODY_TIMEOUT_SECS"
     );
     describe_histogram!(
         SUBMISSION_STAGE,

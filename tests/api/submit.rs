@@ -851,3 +851,51 @@ async fn a_wrong_method_on_the_submit_route_is_405_problem() {
     .await;
     assert_eq!(job_rows(&app).await, 0);
 }
+
+#[tokio::test]
+async fn a_body_that_stalls_is_answered_408_and_its_connection_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_with(Mode::All, |s| s.body_timeout_secs = 1).await;
+    let token = app.writer(company()).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /api/v1/sync/projects HTTP/1.1\r\nhost: test\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: 1000\r\n\r\n["
+    );
+    stream.write_all(head.as_bytes()).await.expect("sent");
+    let started = std::time::Instant::now();
+
+    // The answer comes, and then the end of the connection: read to the end.
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("answered and closed in time")
+    .expect("read");
+    let waited = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    let body: Value = serde_json::from_str(&answer[answer.find("\r\n\r\n").expect("head") + 4..])
+        .expect("a problem body");
+    assert_eq!(body["code"], "body_timeout", "{answer}");
+    assert!(
+        waited >= std::time::Duration::from_millis(900),
+        "{waited:?}"
+    );
+    assert_eq!(job_rows(&app).await, 0);
+    let metrics = app.ops_get("/metrics").await.text().await.expect("metrics");
+    let timed_out = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sync_http_body_timeouts_total "))
+        .and_then(|n| n.trim().parse::<f64>().ok());
+    assert!(timed_out >= Some(1.0), "{metrics}");
+}
