@@ -197,6 +197,7 @@ impl Service {
                 listener,
                 api::public_router(state.clone()),
                 &stop,
+                &settings,
             );
             tracing::info!(%addr, "public API listening");
             Some(addr)
@@ -221,6 +222,7 @@ impl Service {
             ops_listener,
             api::ops_router(state.clone()),
             &stop,
+            &settings,
         );
         tracing::info!(addr = %ops_addr, "operations listener listening");
 
@@ -289,8 +291,10 @@ fn serve(
     listener: TcpListener,
     router: axum::Router,
     stop: &CancellationToken,
+    settings: &Settings,
 ) {
-    tasks.spawn(api::serve(listener, router, stop.clone()));
+    let patience = std::time::Duration::from_secs(settings.body_timeout_secs);
+    tasks.spawn(api::serve(listener, router, stop.clone(), patience));
 }
 
 async fn wait_for_signal() {

@@ -59,7 +59,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
 
     /// A request body not fully arrived within this many seconds gets 408
-    /// and its connection closed.
+    /// and its connection closed; a request's headers must arrive within it
+    /// too, and a kept-alive connection idle this long is closed.
     #[arg(
         long,
         global = true,

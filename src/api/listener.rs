@@ -22,17 +22,21 @@ use tokio_util::sync::CancellationToken;
 /// in more (cheap) reads.
 const READ_BUFFER_MAX: usize = 64 * 1024;
 
-/// A client must send a request's headers within this time (hyper's
-/// default, which it only enforces with a timer set).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// How long to pause after a failed accept (e.g. out of file descriptors)
 /// rather than spin on it.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Serves `router` on `listener` until `stop`, then lets every connection
-/// finish its request in progress and waits for them all.
-pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
+/// finish its request in progress and waits for them all. A client must
+/// send a request's headers within `patience`, which also closes a
+/// kept-alive connection left idle that long (hyper starts the header
+/// timer when a connection goes idle).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    stop: CancellationToken,
+    patience: Duration,
+) {
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -41,7 +45,7 @@ pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToke
         };
         match accepted {
             Ok((stream, _)) => {
-                connections.spawn(connection(stream, router.clone(), stop.clone()));
+                connections.spawn(connection(stream, router.clone(), stop.clone(), patience));
             }
             Err(error) => {
                 tracing::warn!(%error, "accepting a connection failed");
@@ -55,7 +59,12 @@ pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToke
     while connections.join_next().await.is_some() {}
 }
 
-async fn connection(stream: TcpStream, router: Router, stop: CancellationToken) {
+async fn connection(
+    stream: TcpStream,
+    router: Router,
+    stop: CancellationToken,
+    patience: Duration,
+) {
     // Answers are small and written at once: no reason to let Nagle hold
     // them back.
     let _ = stream.set_nodelay(true);
@@ -63,7 +72,7 @@ async fn connection(stream: TcpStream, router: Router, stop: CancellationToken) 
     builder
         .max_buf_size(READ_BUFFER_MAX)
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(patience);
     let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
     tokio::pin!(conn);
     let served = tokio::select! {

@@ -899,3 +899,32 @@ async fn a_body_that_stalls_is_answered_408_and_its_connection_closed() {
         .and_then(|n| n.trim().parse::<f64>().ok());
     assert!(timed_out >= Some(1.0), "{metrics}");
 }
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed_after_the_body_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_with(Mode::All, |s| s.body_timeout_secs = 1).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .expect("sent");
+    let mut answer = vec![0; 4096];
+    let read = stream.read(&mut answer).await.expect("answered");
+    assert!(
+        answer[..read].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..read])
+    );
+    let started = std::time::Instant::now();
+
+    // Kept alive, then nothing more: the server ends the connection.
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("closed in time");
+    assert!(matches!(rest, Ok(0) | Err(_)), "{rest:?}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+}
