@@ -192,12 +192,14 @@ impl Service {
                 addr: settings.http_addr,
                 source,
             })?;
+            let limit = api::ConnectionLimit::new(settings.max_connections);
             serve(
                 &mut tasks,
                 listener,
                 api::public_router(state.clone()),
                 &stop,
                 &settings,
+                Some(limit),
             );
             tracing::info!(%addr, "public API listening");
             Some(addr)
@@ -223,6 +225,7 @@ impl Service {
             api::ops_router(state.clone()),
             &stop,
             &settings,
+            None,
         );
         tracing::info!(addr = %ops_addr, "operations listener listening");
 
@@ -292,9 +295,10 @@ fn serve(
     router: axum::Router,
     stop: &CancellationToken,
     settings: &Settings,
+    limit: Option<api::ConnectionLimit>,
 ) {
     let patience = std::time::Duration::from_secs(settings.body_timeout_secs);
-    tasks.spawn(api::serve(listener, router, stop.clone(), patience));
+    tasks.spawn(api::serve(listener, router, stop.clone(), patience, limit));
 }
 
 async fn wait_for_signal() {

@@ -69,6 +69,26 @@ pub struct Settings {
     )]
     pub body_timeout_secs: u64,
 
+    /// Connections the public listener keeps open at once; one more is
+    /// closed as soon as it is accepted.
+    #[arg(
+        long,
+        global = true,
+        env = "SYNC_MAX_CONNECTIONS",
+        default_value_t = 1024
+    )]
+    pub max_connections: usize,
+
+    /// Requests the public listener works on at once (`Prefer: wait` ones
+    /// included); one more is answered 503 at once.
+    #[arg(
+        long,
+        global = true,
+        env = "SYNC_MAX_REQUESTS_IN_FLIGHT",
+        default_value_t = 256
+    )]
+    pub max_requests_in_flight: usize,
+
     /// Items per request for every entity but pieces.
     #[arg(long, global = true, env = "SYNC_MAX_BATCH", default_value_t = 5000)]
     pub max_batch: usize,

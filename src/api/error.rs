@@ -64,6 +64,8 @@ pub enum ApiError {
     BrokerUnavailable,
     #[error("the database is unavailable; retry later")]
     DatabaseUnavailable,
+    #[error("too many requests are in progress; retry later")]
+    Overloaded,
     #[error("internal error")]
     Internal(String),
 }
@@ -84,7 +86,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::BrokerUnavailable | ApiError::DatabaseUnavailable => {
+            ApiError::BrokerUnavailable | ApiError::DatabaseUnavailable | ApiError::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -109,6 +111,7 @@ impl ApiError {
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::BrokerUnavailable => "broker_unavailable",
             ApiError::DatabaseUnavailable => "database_unavailable",
+            ApiError::Overloaded => "overloaded",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -128,7 +131,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "Unsupported media type",
             ApiError::BodyTimeout { .. } => "Request timeout",
             ApiError::QueueFull { .. } => "Too many requests",
-            ApiError::BrokerUnavailable | ApiError::DatabaseUnavailable => "Service unavailable",
+            ApiError::BrokerUnavailable | ApiError::DatabaseUnavailable | ApiError::Overloaded => {
+                "Service unavailable"
+            }
             ApiError::Internal(_) => "Internal server error",
         }
     }
@@ -210,7 +215,7 @@ impl IntoResponse for ApiError {
             ApiError::QueueFull { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
-            ApiError::BrokerUnavailable | ApiError::DatabaseUnavailable => {
+            ApiError::BrokerUnavailable | ApiError::DatabaseUnavailable | ApiError::Overloaded => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
             // The rest of the body may still come: the connection cannot

@@ -6,14 +6,16 @@
 //! kept-alive connection: with 64 clients pushing 1000-piece batches that
 //! was most of the api's memory (peak RSS 126–154 MB; 87–94 MB bounded).
 
+use crate::telemetry::metrics as m;
 use axum::Router;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 use tokio::{
     net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
@@ -36,6 +38,7 @@ pub async fn serve(
     router: Router,
     stop: CancellationToken,
     patience: Duration,
+    limit: Option<ConnectionLimit>,
 ) {
     let mut connections = JoinSet::new();
     loop {
@@ -45,7 +48,20 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, _)) => {
-                connections.spawn(connection(stream, router.clone(), stop.clone(), patience));
+                let permit = match &limit {
+                    None => None,
+                    Some(limit) => match limit.admit() {
+                        Some(permit) => Some(permit),
+                        // Closed at once: nothing is read from it, and the
+                        // client may retry elsewhere or later.
+                        None => continue,
+                    },
+                };
+                let served = connection(stream, router.clone(), stop.clone(), patience);
+                connections.spawn(async move {
+                    served.await;
+                    drop(permit);
+                });
             }
             Err(error) => {
                 tracing::warn!(%error, "accepting a connection failed");
@@ -57,6 +73,56 @@ pub async fn serve(
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
+}
+
+/// At most `max` connections open on a listener at once.
+#[derive(Clone)]
+pub struct ConnectionLimit {
+    slots: Arc<Semaphore>,
+    max: usize,
+}
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> Self {
+        let max = max.max(1);
+        ConnectionLimit {
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// A slot for one more connection, held while it is open; `None` when
+    /// every slot is taken.
+    fn admit(&self) -> Option<OpenConnection> {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let open = self.max - self.slots.available_permits();
+                metrics::gauge!(m::CONNECTIONS_OPEN).set(open as f64);
+                Some(OpenConnection {
+                    _permit: permit,
+                    limit: self.clone(),
+                })
+            }
+            Err(_) => {
+                metrics::counter!(m::CONNECTIONS_REFUSED).increment(1);
+                None
+            }
+        }
+    }
+}
+
+/// A connection's slot, given back when it is dropped.
+struct OpenConnection {
+    _permit: OwnedSemaphorePermit,
+    limit: ConnectionLimit,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        // This slot is still held while the gauge is set: one less.
+        let open = self.limit.max - self.limit.slots.available_permits() - 1;
+        metrics::gauge!(m::CONNECTIONS_OPEN).set(open as f64);
+    }
 }
 
 async fn connection(

@@ -13,10 +13,11 @@ mod state;
 mod submit;
 
 pub use error::ApiError;
-pub use listener::serve;
+pub use listener::{serve, ConnectionLimit};
 pub use state::AppState;
 pub use submit::Accepted;
 
+use axum::error_handling::HandleErrorLayer;
 use axum::{
     http::header,
     middleware,
@@ -24,10 +25,25 @@ use axum::{
     routing::{get, post},
     Router,
 };
+use tower::{limit::GlobalConcurrencyLimitLayer, BoxError, ServiceBuilder};
 use tower_http::trace::TraceLayer;
 
-/// The public API: `/api/v1/…`, `/healthz`, `/readyz`.
+/// The answer to a request beyond `max_requests_in_flight`.
+async fn shed(error: BoxError) -> ApiError {
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        metrics::counter!(crate::telemetry::metrics::REQUESTS_SHED).increment(1);
+        ApiError::Overloaded
+    } else {
+        ApiError::Internal(error.to_string())
+    }
+}
+
+/// The public API: `/api/v1/…`, `/healthz`, `/readyz`. At most
+/// `max_requests_in_flight` requests are worked on at once; one more is
+/// answered 503 `overloaded` at once, so that memory stays bounded whatever
+/// clients do.
 pub fn public_router(state: AppState) -> Router {
+    let in_flight = state.settings.max_requests_in_flight.max(1);
     Router::new()
         .route("/api/v1/sync/jobs/{correlation_id}", get(jobs::get_job))
         // The body is read, and held to `max_body_bytes`, by the handler.
@@ -37,6 +53,12 @@ pub fn public_router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(shed))
+                .load_shed()
+                .layer(GlobalConcurrencyLimitLayer::new(in_flight)),
+        )
         .layer(middleware::from_fn(http_metrics::trace_context))
         .layer(middleware::from_fn(http_metrics::track))
         .layer(

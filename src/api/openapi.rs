@@ -190,7 +190,7 @@ fn submit_operation(entity: Entity, limit: usize) -> Value {
             "422": problem("validation_failed: every error, with index and field"),
             "429": retry_after(problem("queue_full")),
             "500": problem("internal_error"),
-            "503": retry_after(problem("broker_unavailable or database_unavailable"))
+            "503": retry_after(problem("broker_unavailable, database_unavailable or overloaded"))
         }
     })
 }
@@ -210,7 +210,7 @@ fn job_operation() -> Value {
             "403": problem("insufficient_scope"),
             "404": problem("not_found"),
             "500": problem("internal_error"),
-            "503": retry_after(problem("database_unavailable"))
+            "503": retry_after(problem("database_unavailable or overloaded"))
         }
     })
 }

@@ -29,6 +29,9 @@ pub const SHARDS_UNOWNED: &str = "sync_shards_unowned";
 pub const WORKERS_LIVE: &str = "sync_workers_live";
 pub const SHARD_HANDOVERS: &str = "sync_shard_handovers_total";
 pub const BODY_TIMEOUTS: &str = "sync_http_body_timeouts_total";
+pub const CONNECTIONS_OPEN: &str = "sync_http_connections_open";
+pub const CONNECTIONS_REFUSED: &str = "sync_http_connections_refused_total";
+pub const REQUESTS_SHED: &str = "sync_http_requests_shed_total";
 
 /// HTTP handling: sub-millisecond to tens of seconds (waiting requests).
 const HTTP_BUCKETS: &[f64] = &[
@@ -119,6 +122,15 @@ pub fn describe() {
     describe_counter!(
         SHARD_HANDOVERS,
         "Shards handed over, by reason: join (given up to a joining worker), leave (released on stop), expiry (taken over after its lease ran out), fenced (a batch found the lease gone)"
+    );
+    describe_gauge!(CONNECTIONS_OPEN, "Connections open on the public listener");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed on accept because SYNC_MAX_CONNECTIONS were open"
+    );
+    describe_counter!(
+        REQUESTS_SHED,
+        "Requests answered 503 because SYNC_MAX_REQUESTS_IN_FLIGHT were in progress"
     );
     describe_counter!(
         BODY_TIMEOUTS,

@@ -6,6 +6,7 @@ mod gate;
 mod helpers;
 
 mod auth;
+mod bounds;
 mod contract;
 mod entities;
 mod leases;
