@@ -89,6 +89,16 @@ pub struct Settings {
     )]
     pub max_requests_in_flight: usize,
 
+    /// Items of one company accepted and not yet finished above which that
+    /// company (only) gets 429 company_backlog_full.
+    #[arg(
+        long,
+        global = true,
+        env = "SYNC_MAX_COMPANY_BACKLOG",
+        default_value_t = 200_000
+    )]
+    pub max_company_backlog: i64,
+
     /// Items per request for every entity but pieces.
     #[arg(long, global = true, env = "SYNC_MAX_BATCH", default_value_t = 5000)]
     pub max_batch: usize,

@@ -60,6 +60,8 @@ pub enum ApiError {
     BodyTimeout { secs: u64 },
     #[error("the request queues are full; retry later")]
     QueueFull { retry_after: u64 },
+    #[error("this company has more items waiting than its limit; retry later")]
+    CompanyBacklogFull { retry_after: u64 },
     #[error("the message broker is unavailable; retry later")]
     BrokerUnavailable,
     #[error("the database is unavailable; retry later")]
@@ -85,7 +87,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            ApiError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QueueFull { .. } | ApiError::CompanyBacklogFull { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::BrokerUnavailable | ApiError::DatabaseUnavailable | ApiError::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -109,6 +113,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::BodyTimeout { .. } => "body_timeout",
             ApiError::QueueFull { .. } => "queue_full",
+            ApiError::CompanyBacklogFull { .. } => "company_backlog_full",
             ApiError::BrokerUnavailable => "broker_unavailable",
             ApiError::DatabaseUnavailable => "database_unavailable",
             ApiError::Overloaded => "overloaded",
@@ -130,7 +135,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "Payload too large",
             ApiError::UnsupportedMediaType => "Unsupported media type",
             ApiError::BodyTimeout { .. } => "Request timeout",
-            ApiError::QueueFull { .. } => "Too many requests",
+            ApiError::QueueFull { .. } | ApiError::CompanyBacklogFull { .. } => "Too many requests",
             ApiError::BrokerUnavailable | ApiError::DatabaseUnavailable | ApiError::Overloaded => {
                 "Service unavailable"
             }
@@ -212,7 +217,7 @@ impl IntoResponse for ApiError {
                     ),
                 );
             }
-            ApiError::QueueFull { retry_after } => {
+            ApiError::QueueFull { retry_after } | ApiError::CompanyBacklogFull { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
             ApiError::BrokerUnavailable | ApiError::DatabaseUnavailable | ApiError::Overloaded => {

@@ -188,7 +188,7 @@ fn submit_operation(entity: Entity, limit: usize) -> Value {
             "413": problem("payload_too_large"),
             "415": problem("unsupported_media_type"),
             "422": problem("validation_failed: every error, with index and field"),
-            "429": retry_after(problem("queue_full")),
+            "429": retry_after(problem("queue_full or company_backlog_full")),
             "500": problem("internal_error"),
             "503": retry_after(problem("broker_unavailable, database_unavailable or overloaded"))
         }

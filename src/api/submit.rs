@@ -334,14 +334,16 @@ async fn submit_new(
         trace,
         ..
     } = submission;
-    if !manifest.is_empty() {
-        if let Some(retry_after) = state.backlog.retry_after(state.settings.max_queue_depth) {
-            return Err(ApiError::QueueFull { retry_after });
-        }
-    }
     let topology = state.publisher.topology();
     let owner = manifest.owner(principal.company);
     let shard = topology.shard_for(owner);
+    if !manifest.is_empty() {
+        if let Some(retry_after) = state.backlog.retry_after(state.settings.max_queue_depth) {
+            refused("queue_full");
+            return Err(ApiError::QueueFull { retry_after });
+        }
+        company_backlog(state, owner, shard).await?;
+    }
     let new_job = NewJob {
         correlation_id,
         company_guid: owner,
@@ -369,6 +371,33 @@ async fn submit_new(
     Ok(Accepted { job, guids })
 }
 
+/// Holds a company to `max_company_backlog` items accepted and unfinished,
+/// so that one company's burst never shuts the others out. The job rows are
+/// the count every api instance sees alike; the answer's `Retry-After` is
+/// how long the company's shard takes to drain its excess.
+async fn company_backlog(state: &AppState, company: Uuid, shard: u16) -> Result<(), ApiError> {
+    let (jobs, items) = jobs::open_backlog(&state.pool, company).await?;
+    let cap = state.settings.max_company_backlog;
+    if items <= cap {
+        return Ok(());
+    }
+    // The shard drains jobs; the company's own jobs are this big on average.
+    let excess_jobs = (items - cap) as f64 * jobs as f64 / items as f64;
+    let seconds = match state.backlog.drain_rate(usize::from(shard)) {
+        Some(rate) if rate > 0.0 => (excess_jobs / rate).ceil(),
+        _ => 30.0,
+    };
+    refused("company_backlog_full");
+    Err(ApiError::CompanyBacklogFull {
+        retry_after: (seconds as u64).clamp(1, 300),
+    })
+}
+
+/// Counts a batch refused with 429, by why.
+fn refused(reason: &'static str) {
+    metrics::counter!(m::SUBMISSIONS_REFUSED, "reason" => reason).increment(1);
+}
+
 /// Publishes the batch of a recorded job, withdrawing the job if the broker
 /// does not confirm.
 async fn publish(
@@ -393,9 +422,12 @@ async fn publish(
         }
     }
     Err(match error {
-        PublishError::Rejected => ApiError::QueueFull {
-            retry_after: state.backlog.retry_after(0).unwrap_or(5),
-        },
+        PublishError::Rejected => {
+            refused("queue_full");
+            ApiError::QueueFull {
+                retry_after: state.backlog.retry_after(0).unwrap_or(5),
+            }
+        }
         PublishError::Unavailable(_) | PublishError::Timeout(_) | PublishError::Unroutable => {
             ApiError::BrokerUnavailable
         }

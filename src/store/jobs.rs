@@ -338,6 +338,17 @@ pub async fn open_jobs_ahead(pool: &PgPool, job: &Job) -> Result<i64, sqlx::Erro
     .await
 }
 
+/// A company's open jobs (queued or processing): (jobs, items).
+pub async fn open_backlog(pool: &PgPool, company: Uuid) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*), coalesce(sum(item_count), 0)::int8 FROM sync_jobs \
+         WHERE company_guid = $1 AND status IN ('queued', 'processing')",
+    )
+    .bind(company)
+    .fetch_one(pool)
+    .await
+}
+
 /// Jobs finished per shard within the last `seconds`.
 pub async fn recently_finished_by_shard(
     pool: &PgPool,

@@ -32,6 +32,7 @@ pub const BODY_TIMEOUTS: &str = "sync_http_body_timeouts_total";
 pub const CONNECTIONS_OPEN: &str = "sync_http_connections_open";
 pub const CONNECTIONS_REFUSED: &str = "sync_http_connections_refused_total";
 pub const REQUESTS_SHED: &str = "sync_http_requests_shed_total";
+pub const SUBMISSIONS_REFUSED: &str = "sync_submissions_refused_total";
 
 /// HTTP handling: sub-millisecond to tens of seconds (waiting requests).
 const HTTP_BUCKETS: &[f64] = &[
@@ -131,6 +132,10 @@ pub fn describe() {
     describe_counter!(
         REQUESTS_SHED,
         "Requests answered 503 because SYNC_MAX_REQUESTS_IN_FLIGHT were in progress"
+    );
+    describe_counter!(
+        SUBMISSIONS_REFUSED,
+        "Batches answered 429, by reason: queue_full (the request queues past SYNC_MAX_QUEUE_DEPTH, or a shard at its length limit), company_backlog_full (the company past SYNC_MAX_COMPANY_BACKLOG)"
     );
     describe_counter!(
         BODY_TIMEOUTS,

@@ -133,3 +133,96 @@ async fn a_request_beyond_the_limit_in_flight_is_answered_503_at_once() {
         "{metrics}"
     );
 }
+
+/// Posts `count` one-project batches for `company` to `base`; the statuses.
+async fn push_projects(
+    app: &TestApp,
+    base: &str,
+    token: &str,
+    company: uuid::Uuid,
+    count: usize,
+) -> Vec<reqwest::Response> {
+    let mut answers = Vec::new();
+    for _ in 0..count {
+        let body = serde_json::json!([item("projects", company)]);
+        let response = app
+            .client
+            .post(format!("{base}/api/v1/sync/projects"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("answered");
+        answers.push(response);
+    }
+    answers
+}
+
+#[tokio::test]
+async fn a_company_over_its_backlog_is_throttled_on_every_api_while_others_are_accepted() {
+    // Two apis, no worker: nothing drains until the test starts one.
+    let app = TestApp::spawn_with(Mode::Api, |s| s.max_company_backlog = 3).await;
+    let mut second_settings = app.settings.clone();
+    second_settings.ops_addr = Some("127.0.0.1:0".parse().unwrap());
+    let second = sync_ingest::app::Service::start(second_settings, Mode::Api)
+        .await
+        .expect("a second api starts");
+    let second_base = format!("http://{}", second.http_addr.expect("public listener"));
+    let (noisy, quiet) = (company(), company());
+    let noisy_token = app.writer(noisy).await;
+    let quiet_token = app.writer(quiet).await;
+
+    // Four items accepted (the fourth takes the backlog over the cap of 3),
+    // two on each api; then the noisy company is refused on both.
+    let mut statuses = Vec::new();
+    for base in [&app.base, &second_base, &app.base, &second_base] {
+        let answers = push_projects(&app, base, &noisy_token, noisy, 1).await;
+        statuses.push(answers[0].status());
+    }
+    assert_eq!(statuses, [StatusCode::ACCEPTED; 4]);
+    for base in [&app.base, &second_base] {
+        let answer = push_projects(&app, base, &noisy_token, noisy, 1)
+            .await
+            .remove(0);
+        assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry_after: u64 = answer.headers()["retry-after"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("seconds");
+        assert!((1..=300).contains(&retry_after), "{retry_after}");
+        let problem: Value = answer.json().await.expect("problem");
+        assert_eq!(problem["code"], "company_backlog_full", "{problem}");
+    }
+    // The quiet company is accepted all the while, on both.
+    for base in [&app.base, &second_base] {
+        let answer = push_projects(&app, base, &quiet_token, quiet, 1)
+            .await
+            .remove(0);
+        assert_eq!(answer.status(), StatusCode::ACCEPTED);
+    }
+    let metrics = app.ops_get("/metrics").await.text().await.expect("metrics");
+    assert!(
+        metric(
+            &metrics,
+            "sync_submissions_refused_total{reason=\"company_backlog_full\"}"
+        ) >= Some(1.0),
+        "{metrics}"
+    );
+
+    // A worker drains the backlog: the cap is released.
+    let _worker = app.spawn_worker().await;
+    let mut status = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let answer = push_projects(&app, &second_base, &noisy_token, noisy, 1)
+            .await
+            .remove(0);
+        status = Some(answer.status());
+        if status == Some(StatusCode::ACCEPTED) {
+            break;
+        }
+    }
+    assert_eq!(status, Some(StatusCode::ACCEPTED));
+    second.begin_shutdown();
+}
