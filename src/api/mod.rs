@@ -1,5 +1,6 @@
 //! The HTTP front: routers for the public and the operations listener.
 
+mod body;
 mod error;
 mod health;
 mod http_metrics;

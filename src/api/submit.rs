@@ -1,6 +1,7 @@
 //! `POST /api/v1/sync/{entity}`: validate, tenant-check, record, publish —
 //! once per idempotency key — and optionally wait for the result.
 
+use super::body::{read_body, request_hash, require_json};
 use super::{error::ApiError, prefer, progress, state::AppState};
 use crate::{
     auth::{access, Principal},
@@ -18,9 +19,7 @@ use axum::{
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::time::Instant;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -189,53 +188,6 @@ async fn parse(
     }
 }
 
-/// Reads the request body, up to `max_body_bytes`, straight into the
-/// message its items will travel in (see [`ForwardedMessage`]).
-async fn read_body(
-    state: &AppState,
-    entity: Entity,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<ForwardedMessage, ApiError> {
-    let limit = state.settings.max_body_bytes;
-    let too_large = ApiError::PayloadTooLarge { limit };
-    let announced = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if announced.is_some_and(|len| len > limit) {
-        return Err(too_large);
-    }
-    let mut message = ForwardedMessage::new(entity, announced.unwrap_or(0));
-    let mut read = 0usize;
-    let mut stream = body.into_data_stream();
-    let whole = async {
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                ApiError::Validation(vec![FieldError::body(format!(
-                    "cannot read the request body: {e}"
-                ))])
-            })?;
-            read += chunk.len();
-            if read > limit {
-                return Err(too_large);
-            }
-            message.push_items(&chunk);
-        }
-        Ok(())
-    };
-    // A client that stalls mid-body would otherwise hold its connection and
-    // buffer for ever.
-    let secs = state.settings.body_timeout_secs;
-    match tokio::time::timeout(std::time::Duration::from_secs(secs), whole).await {
-        Ok(whole) => whole.map(|()| message),
-        Err(_) => {
-            metrics::counter!(m::BODY_TIMEOUTS).increment(1);
-            Err(ApiError::BodyTimeout { secs })
-        }
-    }
-}
-
 /// Records how long a stage of a submission took (`sync_submission_stage_seconds`:
 /// with the confirm's own histogram, where a request's time goes); returns
 /// when the next stage starts.
@@ -244,35 +196,6 @@ fn stage_done(stage: &'static str, started: Instant) -> Instant {
     metrics::histogram!(m::SUBMISSION_STAGE, "stage" => stage)
         .record(now.duration_since(started).as_secs_f64());
     now
-}
-
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let is_json = essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"));
-    if is_json {
-        Ok(())
-    } else {
-        Err(ApiError::UnsupportedMediaType)
-    }
-}
-
-/// What makes two requests "the same" for an idempotency key.
-fn request_hash(entity: Entity, dry_run: bool, body: &[u8]) -> Vec<u8> {
-    let mut hash = Sha256::new();
-    hash.update(entity.as_str());
-    hash.update([0, u8::from(dry_run), 0]);
-    hash.update(body);
-    hash.finalize().to_vec()
 }
 
 /// Submits under an idempotency key: the first request with the key queues
