@@ -75,33 +75,22 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
-/// At most `max` connections open on a listener at once.
+/// At most so many connections open on a listener at once.
 #[derive(Clone)]
-pub struct ConnectionLimit {
-    slots: Arc<Semaphore>,
-    max: usize,
-}
+pub struct ConnectionLimit(Arc<Semaphore>);
 
 impl ConnectionLimit {
     pub fn new(max: usize) -> Self {
-        let max = max.max(1);
-        ConnectionLimit {
-            slots: Arc::new(Semaphore::new(max)),
-            max,
-        }
+        ConnectionLimit(Arc::new(Semaphore::new(max.max(1))))
     }
 
     /// A slot for one more connection, held while it is open; `None` when
     /// every slot is taken.
     fn admit(&self) -> Option<OpenConnection> {
-        match self.slots.clone().try_acquire_owned() {
+        match self.0.clone().try_acquire_owned() {
             Ok(permit) => {
-                let open = self.max - self.slots.available_permits();
-                metrics::gauge!(m::CONNECTIONS_OPEN).set(open as f64);
-                Some(OpenConnection {
-                    _permit: permit,
-                    limit: self.clone(),
-                })
+                metrics::gauge!(m::CONNECTIONS_OPEN).increment(1.0);
+                Some(OpenConnection { _slot: permit })
             }
             Err(_) => {
                 metrics::counter!(m::CONNECTIONS_REFUSED).increment(1);
@@ -113,15 +102,12 @@ impl ConnectionLimit {
 
 /// A connection's slot, given back when it is dropped.
 struct OpenConnection {
-    _permit: OwnedSemaphorePermit,
-    limit: ConnectionLimit,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        // This slot is still held while the gauge is set: one less.
-        let open = self.limit.max - self.limit.slots.available_permits() - 1;
-        metrics::gauge!(m::CONNECTIONS_OPEN).set(open as f64);
+        metrics::gauge!(m::CONNECTIONS_OPEN).decrement(1.0);
     }
 }
 

@@ -7,7 +7,7 @@ use super::values::{
 };
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{json, value::RawValue, Value};
-use std::{borrow::Cow, cell::Cell as Slot, fmt};
+use std::{cell::Cell as Slot, fmt};
 
 /// How deeply objects and arrays may nest in attributes (an object of
 /// scalars is one level): well within serde_json's recursion limit and
@@ -18,12 +18,12 @@ pub const MAX_DEPTH: usize = 100;
 /// unpaired surrogate escape, nesting within [`MAX_DEPTH`], numbers that
 /// `numeric` holds (see `number`).
 #[derive(Clone)]
-pub struct Attributes<'a>(Cow<'a, RawValue>);
+pub struct Attributes<'a>(&'a RawValue);
 
 impl<'a> Attributes<'a> {
     /// The JSON text.
     pub fn json(&self) -> &RawValue {
-        &self.0
+        self.0
     }
 }
 
@@ -32,7 +32,7 @@ impl<'a> FieldValue<'a> for Attributes<'a> {
 
     /// Only for what is not an object: objects are read by `read`.
     fn from_scalar(_: Scalar<'a>) -> Result<Self, Problem> {
-        Err("must be a JSON object".into())
+        Err(NOT_AN_OBJECT.into())
     }
 
     fn read<D: Deserializer<'a>>(d: D) -> Result<Given<Self>, D::Error> {
@@ -42,13 +42,13 @@ impl<'a> FieldValue<'a> for Attributes<'a> {
             return Ok(Ok(None));
         }
         if !json.starts_with('{') {
-            return Ok(Err("must be a JSON object".into()));
+            return Ok(Err(NOT_AN_OBJECT.into()));
         }
         let checked = match may_break_a_rule(json) {
             true => check(json, 0),
             false => Ok(()),
         };
-        Ok(checked.map(|()| Some(Attributes(Cow::Borrowed(raw)))))
+        Ok(checked.map(|()| Some(Attributes(raw))))
     }
 
     fn schema() -> Value {
@@ -56,7 +56,7 @@ impl<'a> FieldValue<'a> for Attributes<'a> {
     }
 
     fn cell(&self) -> Cell<'_> {
-        Cell::Jsonb(&self.0)
+        Cell::Jsonb(self.0)
     }
 }
 
@@ -89,6 +89,8 @@ fn check(json: &str, depth: usize) -> Result<(), Problem> {
         _ => Ok(()),
     }
 }
+
+const NOT_AN_OBJECT: &str = "must be a JSON object";
 
 const DEEP: &str = "must not nest objects and arrays more than 100 levels deep";
 

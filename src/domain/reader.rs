@@ -122,9 +122,6 @@ impl<'de, T: Item<'de>> Visitor<'de> for Body<'_, T> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let read = self.0;
-        if let Some(size) = seq.size_hint() {
-            read.items.reserve(size.min(read.limit));
-        }
         loop {
             if read.count == read.limit {
                 // Past the limit, items are only counted.
