@@ -69,9 +69,9 @@ async fn a_connection_beyond_the_limit_is_closed_and_a_freed_slot_is_used_again(
         metric(&metrics, "sync_http_connections_refused_total") >= Some(1.0),
         "{metrics}"
     );
-    assert_eq!(
-        metric(&metrics, "sync_http_connections_open"),
-        Some(2.0),
+    // The whole test process's open connections, other tests' included.
+    assert!(
+        metric(&metrics, "sync_http_connections_open") >= Some(2.0),
         "{metrics}"
     );
 
