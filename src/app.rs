@@ -139,6 +139,7 @@ impl Service {
             auth: Authenticator::new(pool.clone(), jwt),
             waiters: JobWaiters::default(),
             backlog: Backlog::default(),
+            in_flight: crate::api::InFlight::new(settings.max_requests_in_flight),
             keyed_submissions: Arc::new(tokio::sync::Semaphore::new(POOL_SIZE as usize / 2)),
             parse_permits: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get() * 2),

@@ -1,9 +1,11 @@
 //! The HTTP front: routers for the public and the operations listener.
 
+mod backpressure;
 mod body;
 mod error;
 mod health;
 mod http_metrics;
+mod in_flight;
 mod jobs;
 mod listener;
 mod openapi;
@@ -14,11 +16,11 @@ mod state;
 mod submit;
 
 pub use error::ApiError;
+pub use in_flight::InFlight;
 pub use listener::{serve, ConnectionLimit};
 pub use state::AppState;
 pub use submit::Accepted;
 
-use axum::error_handling::HandleErrorLayer;
 use axum::{
     http::header,
     middleware,
@@ -26,40 +28,27 @@ use axum::{
     routing::{get, post},
     Router,
 };
-use tower::{limit::GlobalConcurrencyLimitLayer, BoxError, ServiceBuilder};
 use tower_http::trace::TraceLayer;
 
-/// The answer to a request beyond `max_requests_in_flight`.
-async fn shed(error: BoxError) -> ApiError {
-    if error.is::<tower::load_shed::error::Overloaded>() {
-        metrics::counter!(crate::telemetry::metrics::REQUESTS_SHED).increment(1);
-        ApiError::Overloaded
-    } else {
-        ApiError::Internal(error.to_string())
-    }
-}
-
 /// The public API: `/api/v1/…`, `/healthz`, `/readyz`. At most
-/// `max_requests_in_flight` requests are worked on at once; one more is
-/// answered 503 `overloaded` at once, so that memory stays bounded whatever
-/// clients do.
+/// `max_requests_in_flight` requests are worked on at once (see
+/// [`InFlight`]); one more is answered 503 `overloaded` at once, so that
+/// memory stays bounded whatever clients do.
 pub fn public_router(state: AppState) -> Router {
-    let in_flight = state.settings.max_requests_in_flight.max(1);
+    let bounded = state.in_flight.bound(
+        Router::new()
+            .route("/api/v1/sync/jobs/{correlation_id}", get(jobs::get_job))
+            .route("/api/v1/openapi.json", get(openapi_document))
+            .route("/healthz", get(health::healthz))
+            .route("/readyz", get(health::readyz)),
+    );
     Router::new()
-        .route("/api/v1/sync/jobs/{correlation_id}", get(jobs::get_job))
-        // The body is read, and held to `max_body_bytes`, by the handler.
+        // The body is read, held to `max_body_bytes` and `body_timeout_secs`,
+        // by the handler, which takes its in-flight slot once it has arrived.
         .route("/api/v1/sync/{entity}", post(submit::submit))
-        .route("/api/v1/openapi.json", get(openapi_document))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .merge(bounded)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(shed))
-                .load_shed()
-                .layer(GlobalConcurrencyLimitLayer::new(in_flight)),
-        )
         .layer(middleware::from_fn(http_metrics::trace_context))
         .layer(middleware::from_fn(http_metrics::track))
         .layer(

@@ -24,6 +24,8 @@ pub struct AppState {
     /// it takes others; bounding how many run at once keeps them from
     /// taking the whole pool and waiting on each other.
     pub keyed_submissions: Arc<tokio::sync::Semaphore>,
+    /// Requests worked on at once.
+    pub in_flight: super::InFlight,
     /// Bodies being parsed at once (see `submit::parse`).
     pub parse_permits: Arc<tokio::sync::Semaphore>,
     /// The worker's place among the workers (None in an api-only process).

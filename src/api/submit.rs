@@ -2,7 +2,7 @@
 //! once per idempotency key — and optionally wait for the result.
 
 use super::body::{read_body, request_hash, require_json};
-use super::{error::ApiError, prefer, progress, state::AppState};
+use super::{backpressure, error::ApiError, prefer, progress, state::AppState};
 use crate::{
     auth::{access, Principal},
     domain::{Batch, BatchError, Entity, FieldError, Manifest},
@@ -92,6 +92,8 @@ pub async fn submit(
     let wait = prefer::wait(&headers);
     let started = Instant::now();
     let message = read_body(&state, entity, &headers, body).await?;
+    // Held until the answer is written, waiting (`Prefer: wait`) included.
+    let _slot = state.in_flight.take()?;
     let started = stage_done("read", started);
     // Only a keyed request is ever compared with another one.
     let request_hash = if key.is_some() {
@@ -261,11 +263,7 @@ async fn submit_new(
     let owner = manifest.owner(principal.company);
     let shard = topology.shard_for(owner);
     if !manifest.is_empty() {
-        if let Some(retry_after) = state.backlog.retry_after(state.settings.max_queue_depth) {
-            refused("queue_full");
-            return Err(ApiError::QueueFull { retry_after });
-        }
-        company_backlog(state, owner, shard).await?;
+        backpressure::admit(state, owner, shard).await?;
     }
     let new_job = NewJob {
         correlation_id,
@@ -294,33 +292,6 @@ async fn submit_new(
     Ok(Accepted { job, guids })
 }
 
-/// Holds a company to `max_company_backlog` items accepted and unfinished,
-/// so that one company's burst never shuts the others out. The job rows are
-/// the count every api instance sees alike; the answer's `Retry-After` is
-/// how long the company's shard takes to drain its excess.
-async fn company_backlog(state: &AppState, company: Uuid, shard: u16) -> Result<(), ApiError> {
-    let (jobs, items) = jobs::open_backlog(&state.pool, company).await?;
-    let cap = state.settings.max_company_backlog;
-    if items <= cap {
-        return Ok(());
-    }
-    // The shard drains jobs; the company's own jobs are this big on average.
-    let excess_jobs = (items - cap) as f64 * jobs as f64 / items as f64;
-    let seconds = match state.backlog.drain_rate(usize::from(shard)) {
-        Some(rate) if rate > 0.0 => (excess_jobs / rate).ceil(),
-        _ => 30.0,
-    };
-    refused("company_backlog_full");
-    Err(ApiError::CompanyBacklogFull {
-        retry_after: (seconds as u64).clamp(1, 300),
-    })
-}
-
-/// Counts a batch refused with 429, by why.
-fn refused(reason: &'static str) {
-    metrics::counter!(m::SUBMISSIONS_REFUSED, "reason" => reason).increment(1);
-}
-
 /// Publishes the batch of a recorded job, withdrawing the job if the broker
 /// does not confirm.
 async fn publish(
@@ -346,7 +317,7 @@ async fn publish(
     }
     Err(match error {
         PublishError::Rejected => {
-            refused("queue_full");
+            backpressure::refused("queue_full");
             ApiError::QueueFull {
                 retry_after: state.backlog.retry_after(0).unwrap_or(5),
             }

@@ -91,11 +91,28 @@ async fn a_connection_beyond_the_limit_is_closed_and_a_freed_slot_is_used_again(
     );
 }
 
+/// Polls `/healthz` until it answers `want` (5 s at most); the last status.
+async fn healthz_until(app: &TestApp, want: StatusCode) -> Option<StatusCode> {
+    let mut status = None;
+    for _ in 0..50 {
+        let response = app.client.get(format!("{}/healthz", app.base)).send().await;
+        status = response.ok().map(|r| r.status());
+        if status == Some(want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    status
+}
+
 #[tokio::test]
 async fn a_request_beyond_the_limit_in_flight_is_answered_503_at_once() {
-    let app = TestApp::spawn_with(Mode::All, |s| s.max_requests_in_flight = 1).await;
-    let token = app.writer(company()).await;
-    // A submission whose body never comes holds the one slot.
+    // No worker: a submission that waits for its result waits its full time.
+    let app = TestApp::spawn_with(Mode::Api, |s| s.max_requests_in_flight = 1).await;
+    let company = company();
+    let token = app.writer(company).await;
+
+    // A submission whose body never comes holds no slot.
     let mut stalled = connect(&app).await;
     let head = format!(
         "POST /api/v1/sync/projects HTTP/1.1\r\nhost: test\r\nauthorization: Bearer {token}\r\n\
@@ -103,7 +120,31 @@ async fn a_request_beyond_the_limit_in_flight_is_answered_503_at_once() {
     );
     stalled.write_all(head.as_bytes()).await.expect("sent");
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        healthz_until(&app, StatusCode::OK).await,
+        Some(StatusCode::OK)
+    );
 
+    // A submission waiting for its result (`Prefer: wait`) holds the one slot.
+    let waiting = {
+        let (client, base, token) = (app.client.clone(), app.base.clone(), token.clone());
+        let body = serde_json::json!([item("projects", company)]);
+        tokio::spawn(async move {
+            client
+                .post(format!("{base}/api/v1/sync/projects"))
+                .bearer_auth(token)
+                .header("prefer", "wait=3")
+                .json(&body)
+                .send()
+                .await
+                .expect("answered")
+                .status()
+        })
+    };
+    assert_eq!(
+        healthz_until(&app, StatusCode::SERVICE_UNAVAILABLE).await,
+        Some(StatusCode::SERVICE_UNAVAILABLE)
+    );
     let response = app
         .client
         .get(format!("{}/healthz", app.base))
@@ -112,26 +153,35 @@ async fn a_request_beyond_the_limit_in_flight_is_answered_503_at_once() {
         .expect("answered");
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().contains_key("retry-after"));
-    let problem: Value = response.json().await.expect("problem body");
-    assert_eq!(problem["code"], "overloaded", "{problem}");
+    problem(response, StatusCode::SERVICE_UNAVAILABLE, "overloaded").await;
+    // A submission whose body has arrived is shed too, and nothing is queued.
+    let shed = app
+        .post(
+            "projects",
+            &token,
+            &serde_json::json!([item("projects", company)]),
+        )
+        .await;
+    assert!(shed.headers().contains_key("retry-after"));
+    problem(shed, StatusCode::SERVICE_UNAVAILABLE, "overloaded").await;
 
-    // The stalled client goes away: its request ends, and the slot is free.
-    drop(stalled);
-    let mut status = None;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let response = app.client.get(format!("{}/healthz", app.base)).send().await;
-        status = response.ok().map(|r| r.status());
-        if status == Some(StatusCode::OK) {
-            break;
-        }
-    }
-    assert_eq!(status, Some(StatusCode::OK));
+    // The waiting one gets its 202 when its time is up, and frees the slot.
+    assert_eq!(waiting.await.expect("joined"), StatusCode::ACCEPTED);
+    assert_eq!(
+        healthz_until(&app, StatusCode::OK).await,
+        Some(StatusCode::OK)
+    );
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM sync_jobs")
+        .fetch_one(&app.pool)
+        .await
+        .expect("counted");
+    assert_eq!(jobs, 1, "only the waiting submission was queued");
     let metrics = app.ops_get("/metrics").await.text().await.expect("metrics");
     assert!(
-        metric(&metrics, "sync_http_requests_shed_total") >= Some(1.0),
+        metric(&metrics, "sync_http_requests_shed_total") >= Some(2.0),
         "{metrics}"
     );
+    drop(stalled);
 }
 
 /// Posts `count` one-project batches for `company` to `base`; the statuses.
@@ -225,4 +275,159 @@ async fn a_company_over_its_backlog_is_throttled_on_every_api_while_others_are_a
     }
     assert_eq!(status, Some(StatusCode::ACCEPTED));
     second.begin_shutdown();
+}
+
+/// Posts one batch of `items` projects; the answer.
+async fn push_batch(
+    app: &TestApp,
+    token: &str,
+    company: uuid::Uuid,
+    items: usize,
+) -> reqwest::Response {
+    let body: Vec<Value> = (0..items).map(|_| item("projects", company)).collect();
+    app.post("projects", token, &Value::Array(body)).await
+}
+
+fn retry_after(response: &reqwest::Response) -> u64 {
+    response.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds")
+}
+
+#[tokio::test]
+async fn each_company_is_told_to_wait_for_its_own_excess_at_its_shards_drain_rate() {
+    let app = TestApp::spawn_with(Mode::Api, |s| s.max_company_backlog = 3).await;
+    let topology = sync_ingest::app::topology(&app.settings);
+    let noisy = company();
+    let shard = topology.shard_for(noisy);
+    let other = std::iter::repeat_with(company)
+        .find(|c| topology.shard_for(*c) == shard)
+        .expect("a company on the same shard");
+    let noisy_token = app.writer(noisy).await;
+    let other_token = app.writer(other).await;
+
+    // A worker finishes six jobs on the shard, then stops: the shard drains
+    // six jobs a minute, 0.1 a second.
+    let worker = app.spawn_worker().await;
+    for _ in 0..6 {
+        app.sync(
+            "projects",
+            &noisy_token,
+            &serde_json::json!([item("projects", noisy)]),
+        )
+        .await;
+    }
+    worker.shutdown().await;
+
+    // Each company: three one-item jobs, then one more batch that takes it
+    // over the cap of 3 — five items for the noisy one, one for the other.
+    for (token, company, last) in [(&noisy_token, noisy, 5), (&other_token, other, 1)] {
+        for items in [1, 1, 1, last] {
+            let answer = push_batch(&app, token, company, items).await;
+            assert_eq!(answer.status(), StatusCode::ACCEPTED);
+        }
+    }
+    // The backlog sampler (once a second) has seen the six finished jobs.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Noisy: 8 items in 4 jobs, 5 over = 2.5 jobs at 0.1 a second: 25 s.
+    // Other: 4 items in 4 jobs, 1 over = 1 job: 10 s.
+    for (token, company, expected) in [(&noisy_token, noisy, 25), (&other_token, other, 10)] {
+        let answer = push_batch(&app, token, company, 1).await;
+        assert_eq!(retry_after(&answer), expected);
+        problem(
+            answer,
+            StatusCode::TOO_MANY_REQUESTS,
+            "company_backlog_full",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_quiet_companys_batch_waits_behind_no_more_than_a_noisy_company_at_its_cap() {
+    const CAP: i64 = 5_000;
+    const BATCH: usize = 1_000;
+    let app = TestApp::spawn_with(Mode::All, |s| s.max_company_backlog = CAP).await;
+    let topology = sync_ingest::app::topology(&app.settings);
+    let noisy = company();
+    let shard = topology.shard_for(noisy);
+    let quiet = std::iter::repeat_with(company)
+        .find(|c| topology.shard_for(*c) == shard)
+        .expect("a company on the same shard");
+    let noisy_token = app.writer(noisy).await;
+    let quiet_token = app.writer(quiet).await;
+
+    // The noisy company pushes full batches as fast as it is let, retrying a
+    // 429 at once instead of after its Retry-After.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (throttled_tx, mut throttled) = tokio::sync::watch::channel(false);
+    let pusher = {
+        let (client, base, token, stop) = (
+            app.client.clone(),
+            app.base.clone(),
+            noisy_token.clone(),
+            stop.clone(),
+        );
+        let body = Value::Array((0..BATCH).map(|_| item("pieces", noisy)).collect());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let answer = client
+                    .post(format!("{base}/api/v1/sync/pieces"))
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("answered");
+                if answer.status() == StatusCode::TOO_MANY_REQUESTS {
+                    let _ = throttled_tx.send(true);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        })
+    };
+    throttled
+        .wait_for(|t| *t)
+        .await
+        .expect("the noisy company reaches its cap");
+
+    let mut waits = Vec::new();
+    for _ in 0..5 {
+        let accepted = app
+            .accepted(
+                "pieces",
+                &quiet_token,
+                &serde_json::json!([item("pieces", quiet)]),
+            )
+            .await;
+        let id = accepted["correlation_id"].as_str().expect("id").to_owned();
+        let job = app.finished_job(&id, &quiet_token).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        // What stood ahead of it: the noisy company's jobs submitted before
+        // it and not yet started when it was.
+        let (waited, ahead): (f64, i64) = sqlx::query_as(
+            "SELECT extract(epoch FROM q.started_at - q.submitted_at)::float8, \
+                    coalesce((SELECT sum(n.item_count) FROM sync_jobs n \
+                      WHERE n.company_guid = $2 AND n.submitted_at < q.submitted_at \
+                        AND n.started_at > q.submitted_at), 0)::int8 \
+             FROM sync_jobs q WHERE q.correlation_id = $1",
+        )
+        .bind(uuid::Uuid::parse_str(&id).expect("uuid"))
+        .bind(noisy)
+        .fetch_one(&app.pool)
+        .await
+        .expect("measured");
+        assert!(
+            ahead <= CAP + BATCH as i64,
+            "{ahead} noisy items stood ahead of the quiet batch, cap {CAP}"
+        );
+        waits.push((waited, ahead));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.cancel();
+    pusher.await.expect("pusher ends");
+    // Measured, not asserted: how long the quiet batch waited.
+    eprintln!("quiet batch behind a noisy company at a cap of {CAP} items: (seconds waited, noisy items ahead) {waits:?}");
 }
