@@ -203,6 +203,12 @@ async fn a_second_push_of_the_same_file_reports_updates() {
     let app = TestApp::spawn().await;
     let company = company();
     let token = app.writer(company).await;
+    // Two batches of 10 take the company over its cap before the push.
+    for _ in 0..2 {
+        app.accepted("pieces", &token, &Value::Array(pieces(company, 10)))
+            .await;
+    }
+
     let file = InputFile::ndjson(&pieces(company, 30));
     let args = ["--entity", "pieces", "--batch-size", "10", file.path()];
     let first = push(&app, &token, &args).await;
@@ -226,6 +232,12 @@ async fn a_rerun_with_the_same_run_id_gets_the_original_jobs_and_queues_nothing(
     let app = TestApp::spawn().await;
     let company = company();
     let token = app.writer(company).await;
+    // Two batches of 10 take the company over its cap before the push.
+    for _ in 0..2 {
+        app.accepted("pieces", &token, &Value::Array(pieces(company, 10)))
+            .await;
+    }
+
     let file = InputFile::ndjson(&pieces(company, 30));
     let args = [
         "--entity",
@@ -426,4 +438,57 @@ async fn push_resumes_after_503_without_queueing_any_batch_twice() {
     worker.shutdown().await;
     // Clean up through the broker itself, not the proxy this runtime drives.
     app.settings.amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2f".into();
+}
+
+#[tokio::test]
+async fn push_waits_out_company_backlog_full_and_resumes_once_the_backlog_drains() {
+    // No worker at first, and a cap of 10 items.
+    let app = TestApp::spawn_with(Mode::Api, |s| s.max_company_backlog = 10).await;
+    let company = company();
+    let token = app.writer(company).await;
+    // Thirty finished jobs in the last minute on the company's shard: it
+    // drains half a job a second, so the company is told to wait 2 s.
+    let warm_up = app.spawn_worker().await;
+    for _ in 0..30 {
+        app.sync("pieces", &token, &Value::Array(pieces(company, 1)))
+            .await;
+    }
+    warm_up.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Two batches of 10 take the company over its cap before the push.
+    for _ in 0..2 {
+        app.accepted("pieces", &token, &Value::Array(pieces(company, 10)))
+            .await;
+    }
+
+    let file = InputFile::ndjson(&pieces(company, 30));
+    let base = app.base.clone();
+    let args = [
+        "--entity".to_owned(),
+        "pieces".to_owned(),
+        "--batch-size".to_owned(),
+        "10".to_owned(),
+        file.path().to_owned(),
+    ];
+    let running = tokio::spawn(async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        push_to(&base, &token, &args, None).await
+    });
+    // Refused (and told to retry after 2 s) until a worker drains the
+    // company's backlog.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        app.count("sync_jobs").await,
+        32,
+        "a batch over the cap was queued"
+    );
+    let worker = app.spawn_worker().await;
+    let run = running.await.expect("push finished");
+
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.field("retries") >= 1, "never refused:\n{run}");
+    assert_eq!(run.field("inserted"), 30, "{run}");
+    assert_eq!(app.count("sync_jobs").await, 35, "a batch was queued twice");
+    worker.shutdown().await;
 }
