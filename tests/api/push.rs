@@ -203,12 +203,6 @@ async fn a_second_push_of_the_same_file_reports_updates() {
     let app = TestApp::spawn().await;
     let company = company();
     let token = app.writer(company).await;
-    // Two batches of 10 take the company over its cap before the push.
-    for _ in 0..2 {
-        app.accepted("pieces", &token, &Value::Array(pieces(company, 10)))
-            .await;
-    }
-
     let file = InputFile::ndjson(&pieces(company, 30));
     let args = ["--entity", "pieces", "--batch-size", "10", file.path()];
     let first = push(&app, &token, &args).await;
@@ -232,12 +226,6 @@ async fn a_rerun_with_the_same_run_id_gets_the_original_jobs_and_queues_nothing(
     let app = TestApp::spawn().await;
     let company = company();
     let token = app.writer(company).await;
-    // Two batches of 10 take the company over its cap before the push.
-    for _ in 0..2 {
-        app.accepted("pieces", &token, &Value::Array(pieces(company, 10)))
-            .await;
-    }
-
     let file = InputFile::ndjson(&pieces(company, 30));
     let args = [
         "--entity",
