@@ -152,7 +152,7 @@ impl Service {
         // them to finish a round.
         tasks.spawn(retention::run(
             pool.clone(),
-            settings.job_retention_hours,
+            settings.retention(),
             Duration::from_secs(settings.purge_interval_secs.max(1)),
             stop.clone(),
         ));

@@ -193,6 +193,15 @@ pub struct Settings {
     )]
     pub job_retention_hours: u64,
 
+    /// Tombstones of deleted rows older than this many days are purged.
+    #[arg(
+        long,
+        global = true,
+        env = "SYNC_TOMBSTONE_RETENTION_DAYS",
+        default_value_t = 30
+    )]
+    pub tombstone_retention_days: u64,
+
     /// How often expired jobs and idempotency keys are purged.
     #[arg(
         long,
@@ -257,6 +266,14 @@ impl Settings {
     }
 
     /// Bound on a graceful shutdown.
+    /// How long finished jobs and tombstones are kept.
+    pub fn retention(&self) -> crate::retention::Retention {
+        crate::retention::Retention {
+            job_hours: self.job_retention_hours,
+            tombstone_days: self.tombstone_retention_days,
+        }
+    }
+
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
     }

@@ -3,7 +3,7 @@
 
 use super::{error::ApiError, state::AppState};
 use crate::{
-    domain::{Entity, FieldError},
+    domain::{Entity, FieldError, Operation},
     queue::ForwardedMessage,
     telemetry::metrics as m,
 };
@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 /// message its items will travel in (see [`ForwardedMessage`]).
 pub(super) async fn read_body(
     state: &AppState,
-    entity: Entity,
+    (operation, entity): (Operation, Entity),
     headers: &HeaderMap,
     body: Body,
 ) -> Result<ForwardedMessage, ApiError> {
@@ -31,7 +31,7 @@ pub(super) async fn read_body(
     if announced.is_some_and(|len| len > limit) {
         return Err(too_large);
     }
-    let mut message = ForwardedMessage::new(entity, announced.unwrap_or(0));
+    let mut message = ForwardedMessage::new(entity, operation, announced.unwrap_or(0));
     let mut read = 0usize;
     let mut stream = body.into_data_stream();
     let whole = async {
@@ -82,9 +82,18 @@ pub(super) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// What makes two requests "the same" for an idempotency key.
-pub(super) fn request_hash(entity: Entity, dry_run: bool, body: &[u8]) -> Vec<u8> {
+pub(super) fn request_hash(
+    (operation, entity): (Operation, Entity),
+    dry_run: bool,
+    body: &[u8],
+) -> Vec<u8> {
     let mut hash = Sha256::new();
     hash.update(entity.as_str());
+    // An upsert hashes as it did before deletes existed, so keys recorded
+    // then still match.
+    if operation == Operation::Delete {
+        hash.update("\0delete");
+    }
     hash.update([0, u8::from(dry_run), 0]);
     hash.update(body);
     hash.finalize().to_vec()

@@ -52,6 +52,8 @@ pub enum ApiError {
     InvalidIdempotencyKey,
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
+    #[error("the job is {}; only a queued job can be cancelled", .0.as_str())]
+    JobNotCancellable(crate::store::JobStatus),
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("the request body must be application/json")]
@@ -83,7 +85,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BatchTooLarge(_) | ApiError::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
-            ApiError::IdempotencyKeyReused => StatusCode::CONFLICT,
+            ApiError::IdempotencyKeyReused | ApiError::JobNotCancellable(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
@@ -109,6 +111,7 @@ impl ApiError {
             ApiError::BatchTooLarge(_) => "batch_too_large",
             ApiError::InvalidIdempotencyKey => "invalid_idempotency_key",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::JobNotCancellable(_) => "job_not_cancellable",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::BodyTimeout { .. } => "body_timeout",
@@ -132,6 +135,7 @@ impl ApiError {
             ApiError::BatchTooLarge(_) => "Batch too large",
             ApiError::InvalidIdempotencyKey => "Invalid idempotency key",
             ApiError::IdempotencyKeyReused => "Idempotency key reused",
+            ApiError::JobNotCancellable(_) => "Job not cancellable",
             ApiError::PayloadTooLarge { .. } => "Payload too large",
             ApiError::UnsupportedMediaType => "Unsupported media type",
             ApiError::BodyTimeout { .. } => "Request timeout",

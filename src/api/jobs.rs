@@ -1,14 +1,22 @@
-//! `GET /api/v1/sync/jobs/{correlation_id}`.
+//! The job resource: `GET /api/v1/sync/jobs/{correlation_id}`, the list
+//! `GET /api/v1/sync/jobs` and `POST /api/v1/sync/jobs/{correlation_id}/cancel`.
 
 use super::{error::ApiError, progress, state::AppState};
 use crate::{
     auth::Principal,
-    store::{jobs, Job, JobStatus},
+    domain::{Entity, FieldError, Operation},
+    store::{
+        job_list::{self, Cursor, JobFilter},
+        jobs, Job, JobStatus,
+    },
+    telemetry::metrics as m,
 };
 use axum::{
-    extract::{Path, State},
+    extract::{rejection::QueryRejection, Path, Query, State},
     Json,
 };
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// A job as its company sees it; another company's job is 404, exactly like
@@ -34,4 +42,159 @@ pub async fn get_job(
         job
     };
     Ok(Json(job))
+}
+
+/// Cancels a job still queued: its message is acked unapplied when a
+/// worker reaches it. A job already taken or finished is 409; another
+/// company's, like an unknown one, 404.
+#[tracing::instrument(skip_all, fields(correlation_id = %id))]
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    principal: Principal,
+) -> Result<Json<Job>, ApiError> {
+    if !principal.can_write() {
+        return Err(ApiError::InsufficientScope);
+    }
+    let not_found = || ApiError::NotFound(format!("no job {id}"));
+    let uuid = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let company = principal.visible_company();
+    if let Some(job) = jobs::cancel(&state.pool, uuid, company).await? {
+        let (entity, status) = (job.entity.0.as_str(), job.status.as_str());
+        metrics::counter!(m::JOBS_COMPLETED, "entity" => entity, "status" => status).increment(1);
+        tracing::info!("job cancelled");
+        return Ok(Json(job));
+    }
+    match jobs::find_visible(&state.pool, uuid, company).await? {
+        Some(job) => Err(ApiError::JobNotCancellable(job.status)),
+        None => Err(not_found()),
+    }
+}
+
+/// The query of `GET /api/v1/sync/jobs`, as sent: each parameter is read
+/// below, so that every bad one is named.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    entity: Option<String>,
+    operation: Option<String>,
+    submitted_after: Option<String>,
+    submitted_before: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+    company_guid: Option<String>,
+}
+
+/// A page of the job list.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// Jobs per page unless `limit` says otherwise, and at most.
+const DEFAULT_LIMIT: u16 = 100;
+const MAX_LIMIT: u16 = 1000;
+
+/// The caller's company's jobs, newest first (a SystemAdmin may name
+/// another company).
+#[tracing::instrument(skip_all)]
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+    principal: Principal,
+) -> Result<Json<JobPage>, ApiError> {
+    if !principal.can_read() {
+        return Err(ApiError::InsufficientScope);
+    }
+    let Query(query) = query
+        .map_err(|rejection| ApiError::Validation(vec![FieldError::body(rejection.body_text())]))?;
+    let filter = filter(&principal, query).map_err(ApiError::Validation)?;
+    let (jobs, next) = job_list::page(&state.pool, &filter).await?;
+    Ok(Json(JobPage {
+        jobs,
+        next_cursor: next.map(|c| c.encode()),
+    }))
+}
+
+/// The filter a query asks for, or every problem with its parameters.
+fn filter(principal: &Principal, query: ListQuery) -> Result<JobFilter, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut bad = |field: &str, message: String| {
+        errors.push(FieldError {
+            index: None,
+            field: Some(field.to_owned()),
+            message,
+        });
+    };
+    let mut statuses = Vec::new();
+    for name in query.status.iter().flat_map(|s| s.split(',')) {
+        match JobStatus::ALL
+            .into_iter()
+            .find(|s| s.as_str() == name.trim())
+        {
+            Some(status) => statuses.push(status),
+            None => bad("status", format!("unknown status `{name}`")),
+        }
+    }
+    let entity = query.entity.and_then(|e| {
+        e.parse::<Entity>()
+            .map_err(|error| bad("entity", error.to_string()))
+            .ok()
+    });
+    let operation = query
+        .operation
+        .and_then(|o| o.parse::<Operation>().map_err(|e| bad("operation", e)).ok());
+    let mut instant = |field: &str, text: Option<String>| {
+        let text = text?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|at| at.with_timezone(&Utc))
+            .map_err(|e| bad(field, format!("must be an RFC 3339 date-time ({e})")))
+            .ok()
+    };
+    let submitted_after = instant("submitted_after", query.submitted_after);
+    let submitted_before = instant("submitted_before", query.submitted_before);
+    let limit = match query.limit.map(|l| l.parse::<u16>()) {
+        None => DEFAULT_LIMIT,
+        Some(Ok(limit)) if (1..=MAX_LIMIT).contains(&limit) => limit,
+        Some(_) => {
+            bad("limit", format!("must be an integer from 1 to {MAX_LIMIT}"));
+            DEFAULT_LIMIT
+        }
+    };
+    let after = query.cursor.and_then(|c| {
+        Cursor::decode(&c)
+            .ok_or_else(|| bad("cursor", "is not a cursor this api gave".into()))
+            .ok()
+    });
+    let company = match query.company_guid.map(|c| Uuid::parse_str(&c)) {
+        None => principal.company,
+        Some(Ok(company)) if company == principal.company || principal.is_system_admin() => company,
+        Some(Ok(_)) => {
+            bad(
+                "company_guid",
+                "only a SystemAdmin may name another company".into(),
+            );
+            principal.company
+        }
+        Some(Err(e)) => {
+            bad("company_guid", format!("must be a UUID ({e})"));
+            principal.company
+        }
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(JobFilter {
+        company,
+        statuses,
+        entity,
+        operation,
+        submitted_after,
+        submitted_before,
+        after,
+        limit,
+    })
 }

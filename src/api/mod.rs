@@ -21,12 +21,13 @@ pub use listener::{serve, ConnectionLimit};
 pub use state::AppState;
 pub use submit::Accepted;
 
+use crate::domain::Operation;
 use axum::{
     http::header,
     middleware,
     response::IntoResponse,
     routing::{get, post},
-    Router,
+    Extension, Router,
 };
 use tower_http::trace::TraceLayer;
 
@@ -37,7 +38,12 @@ use tower_http::trace::TraceLayer;
 pub fn public_router(state: AppState) -> Router {
     let bounded = state.in_flight.bound(
         Router::new()
+            .route("/api/v1/sync/jobs", get(jobs::list_jobs))
             .route("/api/v1/sync/jobs/{correlation_id}", get(jobs::get_job))
+            .route(
+                "/api/v1/sync/jobs/{correlation_id}/cancel",
+                post(jobs::cancel_job),
+            )
             .route("/api/v1/openapi.json", get(openapi_document))
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz)),
@@ -45,7 +51,14 @@ pub fn public_router(state: AppState) -> Router {
     Router::new()
         // The body is read, held to `max_body_bytes` and `body_timeout_secs`,
         // by the handler, which takes its in-flight slot once it has arrived.
-        .route("/api/v1/sync/{entity}", post(submit::submit))
+        .route(
+            "/api/v1/sync/{entity}",
+            post(submit::submit).layer(Extension(Operation::Upsert)),
+        )
+        .route(
+            "/api/v1/sync/{entity}/delete",
+            post(submit::submit).layer(Extension(Operation::Delete)),
+        )
         .merge(bounded)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -3,17 +3,19 @@
 //! schemas from the entities' descriptions the reader reads by, limits
 //! from the running settings.
 
-use super::{error::Problem, submit::Accepted};
+use super::{error::Problem, jobs::JobPage, submit::Accepted};
 use crate::{
     config::Settings,
-    domain::{fields, Entity, FieldError},
+    domain::{fields, Deletion, Entity, Field, FieldError, Item, Operation},
     store::{Job, JobError, JobStatus},
 };
 use serde_json::{json, Map, Value};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
-#[openapi(components(schemas(Job, JobError, JobStatus, Entity, Accepted, Problem, FieldError)))]
+#[openapi(components(schemas(
+    Job, JobError, JobStatus, Entity, Operation, Accepted, JobPage, Problem, FieldError
+)))]
 struct Components;
 
 /// The document for a service running with `settings`.
@@ -29,22 +31,33 @@ pub fn document(settings: &Settings) -> Value {
     });
     let schemas = &mut doc["components"]["schemas"];
     for entity in Entity::ALL {
-        schemas[item_schema_name(entity)] = item_schema(entity);
+        schemas[item_schema_name(entity)] = item_schema(fields(entity));
     }
+    schemas["DeletionItem"] = item_schema(Deletion::FIELDS);
     doc["components"]["securitySchemes"] = json!({
         "bearer": {"type": "http", "scheme": "bearer",
                    "description": "An API key (`sik_…`) or an HS256 JWT"}
     });
     let mut paths = Map::new();
     for entity in Entity::ALL {
+        let limit = settings.batch_limit(entity);
         paths.insert(
             format!("/api/v1/sync/{entity}"),
-            json!({"post": submit_operation(entity, settings.batch_limit(entity))}),
+            json!({"post": submit_operation(entity, Operation::Upsert, limit)}),
+        );
+        paths.insert(
+            format!("/api/v1/sync/{entity}/delete"),
+            json!({"post": submit_operation(entity, Operation::Delete, limit)}),
         );
     }
+    paths.insert("/api/v1/sync/jobs".into(), json!({"get": list_operation()}));
     paths.insert(
         "/api/v1/sync/jobs/{correlation_id}".into(),
         json!({"get": job_operation()}),
+    );
+    paths.insert(
+        "/api/v1/sync/jobs/{correlation_id}/cancel".into(),
+        json!({"post": cancel_operation()}),
     );
     paths.insert(
         "/healthz".into(),
@@ -77,13 +90,13 @@ fn item_schema_name(entity: Entity) -> String {
     format!("{singular}Item")
 }
 
-/// An item as submitted, from the entity's one description: each field's
-/// type gives its schema. Optional fields may be `null` (= absent); `guid`
-/// is assigned when missing.
-fn item_schema(entity: Entity) -> Value {
+/// An item as submitted, from its one description (an entity's, or a
+/// deletion's): each field's type gives its schema. Optional fields may be
+/// `null` (= absent); an entity's `guid` is assigned when missing.
+fn item_schema(fields: &[Field]) -> Value {
     let mut properties = Map::new();
     let mut required = Vec::new();
-    for field in fields(entity) {
+    for field in fields {
         let schema = (field.schema)();
         if field.required {
             required.push(field.name);
@@ -154,15 +167,27 @@ fn accepted(description: &str) -> Value {
     )
 }
 
-fn submit_operation(entity: Entity, limit: usize) -> Value {
+fn submit_operation(entity: Entity, operation: Operation, limit: usize) -> Value {
+    let (id, summary, item) = match operation {
+        Operation::Upsert => (
+            format!("sync_{entity}"),
+            format!("Upsert a batch of {entity} by GUID, inside the caller's company"),
+            item_schema_name(entity),
+        ),
+        Operation::Delete => (
+            format!("delete_{entity}"),
+            format!("Delete {entity} by GUID, inside the caller's company, leaving tombstones"),
+            "DeletionItem".to_owned(),
+        ),
+    };
     json!({
-        "operationId": format!("sync_{entity}"),
+        "operationId": id,
         "tags": ["sync"],
-        "summary": format!("Upsert a batch of {entity} by GUID, inside the caller's company"),
+        "summary": summary,
         "security": [{"bearer": []}],
         "parameters": [
             {"name": "dry_run", "in": "query", "required": false,
-             "description": "Run the whole pipeline and roll the upsert back",
+             "description": "Run the whole pipeline and roll the changes back",
              "schema": {"type": "boolean"}},
             {"name": "Prefer", "in": "header", "required": false,
              "description": "`wait=N` (N ≤ 60): answer 200 with the finished job if it finishes within N seconds",
@@ -174,7 +199,7 @@ fn submit_operation(entity: Entity, limit: usize) -> Value {
         ],
         "requestBody": {"required": true, "content": {"application/json": {"schema": {
             "type": "array", "maxItems": limit,
-            "items": {"$ref": format!("#/components/schemas/{}", item_schema_name(entity))}
+            "items": {"$ref": format!("#/components/schemas/{item}")}
         }}}},
         "responses": {
             "200": accepted("Waited (Prefer: wait) and the job finished"),
@@ -209,6 +234,62 @@ fn job_operation() -> Value {
             "401": unauthorized(),
             "403": problem("insufficient_scope"),
             "404": problem("not_found"),
+            "500": problem("internal_error"),
+            "503": retry_after(problem("database_unavailable or overloaded"))
+        }
+    })
+}
+
+fn list_operation() -> Value {
+    let query = |name: &str, description: &str, schema: Value| {
+        json!({"name": name, "in": "query", "required": false,
+               "description": description, "schema": schema})
+    };
+    let date_time = json!({"type": "string", "format": "date-time"});
+    json!({
+        "operationId": "list_jobs",
+        "tags": ["sync"],
+        "summary": "The caller's company's jobs, newest first, a page at a time",
+        "security": [{"bearer": []}],
+        "parameters": [
+            query("status", "Comma-separated statuses", json!({"type": "string"})),
+            query("entity", "Only this entity's jobs", json!({"$ref": "#/components/schemas/Entity"})),
+            query("operation", "Only upserts or deletes", json!({"$ref": "#/components/schemas/Operation"})),
+            query("submitted_after", "RFC 3339", date_time.clone()),
+            query("submitted_before", "RFC 3339", date_time),
+            query("limit", "Jobs per page (default 100)",
+                  json!({"type": "integer", "minimum": 1, "maximum": 1000})),
+            query("cursor", "`next_cursor` of the page before", json!({"type": "string"})),
+            query("company_guid", "A SystemAdmin's choice of company",
+                  json!({"type": "string", "format": "uuid"}))
+        ],
+        "responses": {
+            "200": {"description": "A page of jobs",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobPage"}}}},
+            "401": unauthorized(),
+            "403": problem("insufficient_scope"),
+            "422": problem("validation_failed: every bad parameter"),
+            "500": problem("internal_error"),
+            "503": retry_after(problem("database_unavailable or overloaded"))
+        }
+    })
+}
+
+fn cancel_operation() -> Value {
+    json!({
+        "operationId": "cancel_job",
+        "tags": ["sync"],
+        "summary": "Cancel a job that is still queued: it is never applied",
+        "security": [{"bearer": []}],
+        "parameters": [{"name": "correlation_id", "in": "path", "required": true,
+                        "schema": {"type": "string"}}],
+        "responses": {
+            "200": {"description": "The job, cancelled",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}},
+            "401": unauthorized(),
+            "403": problem("insufficient_scope"),
+            "404": problem("not_found: unknown, or another company's"),
+            "409": problem("job_not_cancellable: already processing or finished"),
             "500": problem("internal_error"),
             "503": retry_after(problem("database_unavailable or overloaded"))
         }

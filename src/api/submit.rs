@@ -1,11 +1,12 @@
-//! `POST /api/v1/sync/{entity}`: validate, tenant-check, record, publish —
-//! once per idempotency key — and optionally wait for the result.
+//! `POST /api/v1/sync/{entity}` and `POST /api/v1/sync/{entity}/delete`:
+//! validate, tenant-check, record, publish — once per idempotency key — and
+//! optionally wait for the result. Upserts and deletes take the same path.
 
 use super::body::{read_body, request_hash, require_json};
 use super::{backpressure, error::ApiError, prefer, progress, state::AppState};
 use crate::{
     auth::{access, Principal},
-    domain::{Batch, BatchError, Entity, FieldError, Manifest},
+    domain::{BatchError, Entity, FieldError, Manifest, Operation, Work},
     queue::{guid_list, results::Waiter, ForwardedMessage, PublishError},
     store::{
         idempotency::{self, Recorded},
@@ -63,10 +64,13 @@ struct Submission {
     trace: TraceContext,
 }
 
-/// Accepts a batch of one entity's items.
-#[tracing::instrument(skip_all, fields(entity = %entity, correlation_id, company_guid = %principal.company, item_count))]
+/// Accepts a batch of one entity's items to upsert or, on the route that
+/// carries `Operation::Delete`, the keys of its rows to delete.
+#[tracing::instrument(skip_all, fields(entity = %entity, operation = operation.as_str(), correlation_id, company_guid = %principal.company, item_count))]
+#[allow(clippy::too_many_arguments)]
 pub async fn submit(
     State(state): State<AppState>,
+    Extension(operation): Extension<Operation>,
     Path(entity): Path<String>,
     params: Result<Query<SubmitParams>, QueryRejection>,
     principal: Principal,
@@ -91,17 +95,17 @@ pub async fn submit(
     let key = prefer::idempotency_key(&headers)?;
     let wait = prefer::wait(&headers);
     let started = Instant::now();
-    let message = read_body(&state, entity, &headers, body).await?;
+    let message = read_body(&state, (operation, entity), &headers, body).await?;
     // Held until the answer is written, waiting (`Prefer: wait`) included.
     let _slot = state.in_flight.take()?;
     let started = stage_done("read", started);
     // Only a keyed request is ever compared with another one.
     let request_hash = if key.is_some() {
-        request_hash(entity, params.dry_run, message.items())
+        request_hash((operation, entity), params.dry_run, message.items())
     } else {
         Vec::new()
     };
-    let (manifest, message) = parse(&state, entity, message).await?;
+    let (manifest, message) = parse(&state, (operation, entity), message).await?;
     stage_done("check", started);
     let forbidden = access::forbidden_items(&principal, &manifest);
     if !forbidden.is_empty() {
@@ -168,7 +172,7 @@ async fn queue(
 /// only multiplies the memory held by half-built batches.
 async fn parse(
     state: &AppState,
-    entity: Entity,
+    (operation, entity): (Operation, Entity),
     message: ForwardedMessage,
 ) -> Result<(Manifest, ForwardedMessage), ApiError> {
     let _permit = state
@@ -178,7 +182,8 @@ async fn parse(
         .map_err(|_| ApiError::Internal("parse limiter closed".into()))?;
     let limit = state.settings.batch_limit(entity);
     let (message, parsed) = tokio::task::spawn_blocking(move || {
-        let read = Batch::read(entity, message.items(), limit).map(|batch| Manifest::of(&batch));
+        let read =
+            Work::read(operation, entity, message.items(), limit).map(|work| Manifest::of(&work));
         (message, read)
     })
     .await
@@ -269,6 +274,7 @@ async fn submit_new(
         correlation_id,
         company_guid: owner,
         entity: manifest.entity,
+        operation: manifest.operation,
         item_count: i32::try_from(manifest.len()).unwrap_or(i32::MAX),
         dry_run,
         shard: i32::from(shard),
@@ -389,11 +395,14 @@ mod tests {
             correlation_id: Uuid::now_v7(),
             company_guid: Uuid::now_v7(),
             entity: EntityColumn(Entity::Pieces),
+            operation: Operation::Upsert,
             status,
             item_count: 3,
             inserted: None,
             updated: None,
             unchanged: None,
+            deleted: None,
+            not_found: None,
             error: None,
             attempts: 0,
             dry_run: false,

@@ -151,7 +151,8 @@ mod tests {
             ]
         );
         for (tenant, batch) in in_sending_order(&loads) {
-            let pieces: Vec<Piece> = read_items(&batch.body, usize::MAX).expect("valid");
+            let pieces: Vec<Piece> =
+                read_items(crate::domain::Entity::Pieces, &batch.body, usize::MAX).expect("valid");
             assert!(pieces
                 .iter()
                 .all(|p| p.company_guid == loads[tenant].company));

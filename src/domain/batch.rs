@@ -1,7 +1,8 @@
 //! A batch: one entity's items, read from one body.
 
+use super::deletion::Deletion;
 use super::items::{Article, Assembly, Component, Item, Piece, Project, Reference};
-use super::Entity;
+use super::{Entity, Operation};
 use uuid::Uuid;
 
 /// A valid batch of one entity's items, GUIDs assigned. Texts are borrowed
@@ -83,9 +84,68 @@ impl<'a> Batch<'a> {
     }
 }
 
-/// What the api keeps of a valid batch, whose items travel on as sent.
+/// A valid request's items: a batch to upsert, or the keys of one
+/// entity's rows to delete.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work<'a> {
+    Upsert(Batch<'a>),
+    Delete(Entity, Vec<Deletion>),
+}
+
+impl Work<'_> {
+    pub fn operation(&self) -> Operation {
+        match self {
+            Work::Upsert(_) => Operation::Upsert,
+            Work::Delete(..) => Operation::Delete,
+        }
+    }
+
+    pub fn entity(&self) -> Entity {
+        match self {
+            Work::Upsert(batch) => batch.entity(),
+            Work::Delete(entity, _) => *entity,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Work::Upsert(batch) => batch.len(),
+            Work::Delete(_, keys) => keys.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every item's GUID, in submission order.
+    pub fn guids(&self) -> Vec<Uuid> {
+        match self {
+            Work::Upsert(batch) => batch.guids(),
+            Work::Delete(_, keys) => keys.iter().map(|k| k.guid).collect(),
+        }
+    }
+
+    /// Every item's company, in submission order.
+    pub fn companies(&self) -> Vec<Uuid> {
+        match self {
+            Work::Upsert(batch) => batch.companies(),
+            Work::Delete(_, keys) => keys.iter().map(|k| k.company_guid).collect(),
+        }
+    }
+
+    /// Gives the items these GUIDs, in order (a deletion names its own).
+    pub fn assign_guids(&mut self, guids: &[Uuid]) {
+        if let Work::Upsert(batch) = self {
+            batch.assign_guids(guids);
+        }
+    }
+}
+
+/// What the api keeps of a valid request, whose items travel on as sent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
+    pub operation: Operation,
     pub entity: Entity,
     /// Every item's GUID, in order (given or assigned).
     pub guids: Vec<Uuid>,
@@ -94,12 +154,13 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// The manifest of a batch.
-    pub fn of(batch: &Batch) -> Manifest {
+    /// The manifest of a request's items.
+    pub fn of(work: &Work) -> Manifest {
         Manifest {
-            entity: batch.entity(),
-            guids: batch.guids(),
-            companies: batch.companies(),
+            operation: work.operation(),
+            entity: work.entity(),
+            guids: work.guids(),
+            companies: work.companies(),
         }
     }
 

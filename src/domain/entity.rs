@@ -57,3 +57,44 @@ impl FromStr for Entity {
             .ok_or_else(|| UnknownEntity(s.to_owned()))
     }
 }
+
+/// What a job does with its items: upsert them, or delete them.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    #[default]
+    Upsert,
+    Delete,
+}
+
+impl Operation {
+    /// The stored and answered spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Upsert => "upsert",
+            Operation::Delete => "delete",
+        }
+    }
+}
+
+impl FromStr for Operation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Operation::Upsert, Operation::Delete]
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| format!("unknown operation `{s}`"))
+    }
+}
+
+/// How the `operation` column is read back.
+impl TryFrom<String> for Operation {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}

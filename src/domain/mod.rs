@@ -3,11 +3,12 @@
 //!
 //! Layers, bottom up: `entity`, `errors`, `scalar` (a JSON value as a field
 //! sees it), `values` (field types and their rules), `attributes`, `items`
-//! (each entity described once), `batch`, `reader`; each uses only those
-//! below it.
+//! (each entity described once), `deletion` (the key of a row to delete),
+//! `batch`, `reader`; each uses only those below it.
 
 mod attributes;
 mod batch;
+mod deletion;
 mod entity;
 mod errors;
 mod items;
@@ -16,8 +17,9 @@ mod scalar;
 mod values;
 
 pub use attributes::{Attributes, MAX_DEPTH};
-pub use batch::{Batch, Manifest};
-pub use entity::{Entity, UnknownEntity};
+pub use batch::{Batch, Manifest, Work};
+pub use deletion::Deletion;
+pub use entity::{Entity, Operation, UnknownEntity};
 pub use errors::{BatchError, FieldError};
 pub use items::{fields, Article, Assembly, Component, Field, Item, Piece, Project, Reference};
 pub use reader::read_items;

@@ -20,15 +20,19 @@
 //! tree for every item costs an allocation per string.
 
 use super::items::{Item, Problems};
-use super::{Batch, BatchError, Entity, FieldError};
+use super::{Batch, BatchError, Entity, FieldError, Operation, Work};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::{borrow::Cow, fmt, marker::PhantomData};
 use uuid::Uuid;
 
-/// Reads a body of `T` items: at most `limit`, every item valid, no GUID
-/// given twice. Items without a GUID get a new UUIDv7.
-pub fn read_items<'a, T: Item<'a>>(body: &'a [u8], limit: usize) -> Result<Vec<T>, BatchError> {
+/// Reads a body of `T` items (of `entity`): at most `limit`, every item
+/// valid, no GUID given twice. Items without a GUID get a new UUIDv7.
+pub fn read_items<'a, T: Item<'a>>(
+    entity: Entity,
+    body: &'a [u8],
+    limit: usize,
+) -> Result<Vec<T>, BatchError> {
     let invalid = |message: String| BatchError::Invalid(vec![FieldError::body(message)]);
     // One pass over the whole body checks UTF-8 far faster than the parser
     // checks it string by string.
@@ -58,7 +62,7 @@ pub fn read_items<'a, T: Item<'a>>(body: &'a [u8], limit: usize) -> Result<Vec<T
     let read = read(Pass::Direct)
         .or_else(|_| read(Pass::ValueByValue))
         .map_err(|e| invalid(format!("malformed JSON: {e}")))?;
-    read.finish(T::ENTITY)
+    read.finish(entity)
 }
 
 /// How values are read.
@@ -336,12 +340,28 @@ impl<'de> Visitor<'de> for Key {
 impl<'a> Batch<'a> {
     /// Reads a body of `entity` items (see [`read_items`]).
     pub fn read(entity: Entity, body: &'a [u8], limit: usize) -> Result<Self, BatchError> {
+        let e = entity;
         Ok(match entity {
-            Entity::Projects => Batch::Projects(read_items(body, limit)?),
-            Entity::Components => Batch::Components(read_items(body, limit)?),
-            Entity::Assemblies => Batch::Assemblies(read_items(body, limit)?),
-            Entity::Pieces => Batch::Pieces(read_items(body, limit)?),
-            Entity::Articles => Batch::Articles(read_items(body, limit)?),
+            Entity::Projects => Batch::Projects(read_items(e, body, limit)?),
+            Entity::Components => Batch::Components(read_items(e, body, limit)?),
+            Entity::Assemblies => Batch::Assemblies(read_items(e, body, limit)?),
+            Entity::Pieces => Batch::Pieces(read_items(e, body, limit)?),
+            Entity::Articles => Batch::Articles(read_items(e, body, limit)?),
+        })
+    }
+}
+
+impl<'a> Work<'a> {
+    /// Reads a body of `entity` items to upsert, or of keys to delete.
+    pub fn read(
+        operation: Operation,
+        entity: Entity,
+        body: &'a [u8],
+        limit: usize,
+    ) -> Result<Self, BatchError> {
+        Ok(match operation {
+            Operation::Upsert => Work::Upsert(Batch::read(entity, body, limit)?),
+            Operation::Delete => Work::Delete(entity, read_items(entity, body, limit)?),
         })
     }
 }

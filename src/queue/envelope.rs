@@ -6,7 +6,7 @@
 //! their GUIDs, so a queue filled by an older api drains after an upgrade.
 
 use super::guid_list;
-use crate::domain::{Batch, BatchError, Entity};
+use crate::domain::{BatchError, Entity, Operation, Work};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
@@ -15,8 +15,9 @@ use uuid::Uuid;
 pub const MESSAGE_VERSION: u32 = 2;
 
 /// One accepted request, as the worker reads it: the job it belongs to and
-/// its items, read by the same reader as the api's (`domain::read_items`)
-/// and borrowing their texts from the message body.
+/// its items (to upsert, or keys to delete), read by the same reader as the
+/// api's (`domain::read_items`) and borrowing their texts from the message
+/// body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchMessage<'a> {
     pub version: u32,
@@ -24,7 +25,7 @@ pub struct BatchMessage<'a> {
     /// The company the batch (and its job) belongs to.
     pub company_guid: Uuid,
     pub dry_run: bool,
-    pub batch: Batch<'a>,
+    pub work: Work<'a>,
 }
 
 /// A message body as it travels; the items are read once the entity is
@@ -49,6 +50,9 @@ struct Envelope<'a> {
 #[serde(deny_unknown_fields)]
 struct Items<'a> {
     entity: Entity,
+    /// Absent: upsert (every message written before deletes existed).
+    #[serde(default)]
+    operation: Operation,
     #[serde(borrow)]
     items: &'a RawValue,
 }
@@ -75,14 +79,18 @@ pub struct ForwardedMessage {
 }
 
 impl ForwardedMessage {
-    /// A message for `entity` items, sized for about `items_len` bytes of
-    /// them (and their GUIDs) so that it need not grow.
-    pub fn new(entity: Entity, items_len: usize) -> Self {
+    /// A message for `entity` items to upsert or delete, sized for about
+    /// `items_len` bytes of them (and their GUIDs) so that it need not grow.
+    pub fn new(entity: Entity, operation: Operation, items_len: usize) -> Self {
         // A hyphenated GUID takes 39 bytes in the list; a full batch of
         // pieces, 430 bytes each, needs a tenth more room for them.
         let mut body = Vec::with_capacity(items_len + items_len / 8 + 256);
         body.extend_from_slice(br#"{"batch":{"entity":""#);
         body.extend_from_slice(entity.as_str().as_bytes());
+        // An upsert says nothing, as every message did before deletes.
+        if operation == Operation::Delete {
+            body.extend_from_slice(br#"","operation":"delete"#);
+        }
         body.extend_from_slice(br#"","items":"#);
         let items_start = body.len();
         ForwardedMessage { body, items_start }
@@ -140,7 +148,7 @@ pub enum EnvelopeError {
 }
 
 impl<'a> BatchMessage<'a> {
-    /// The body of a current-version message of `entity` items, copied
+    /// The body of a current-version message of `entity` items to upsert, copied
     /// from `items_json` (a JSON array of them) as they are; `guids` holds
     /// every item's GUID. The api builds it piece by piece
     /// ([`ForwardedMessage`]); this is the same in one call.
@@ -152,7 +160,7 @@ impl<'a> BatchMessage<'a> {
         items_json: &[u8],
         guids: &[Uuid],
     ) -> Vec<u8> {
-        let mut message = ForwardedMessage::new(entity, items_json.len());
+        let mut message = ForwardedMessage::new(entity, Operation::Upsert, items_json.len());
         message.push_items(items_json);
         message.finish(correlation_id, company_guid, dry_run, guids)
     }
@@ -164,7 +172,8 @@ impl<'a> BatchMessage<'a> {
             return Err(EnvelopeError::UnknownVersion(envelope.version));
         }
         let items = envelope.batch.items.get().as_bytes();
-        let mut batch = Batch::read(envelope.batch.entity, items, usize::MAX).map_err(|e| {
+        let (operation, entity) = (envelope.batch.operation, envelope.batch.entity);
+        let mut work = Work::read(operation, entity, items, usize::MAX).map_err(|e| {
             let problems = match e {
                 BatchError::Invalid(errors) => serde_json::to_string(&errors).unwrap_or_default(),
                 other => other.to_string(),
@@ -173,11 +182,11 @@ impl<'a> BatchMessage<'a> {
         })?;
         match (envelope.version, &envelope.guids) {
             (1, _) => {}
-            (2, Some(guids)) if guids.len() == batch.len() => batch.assign_guids(guids),
+            (2, Some(guids)) if guids.len() == work.len() => work.assign_guids(guids),
             (2, guids) => {
                 return Err(EnvelopeError::GuidCount {
                     guids: guids.as_ref().map_or(0, Vec::len),
-                    items: batch.len(),
+                    items: work.len(),
                 })
             }
             (other, _) => return Err(EnvelopeError::UnknownVersion(other)),
@@ -187,7 +196,7 @@ impl<'a> BatchMessage<'a> {
             correlation_id: envelope.correlation_id,
             company_guid: envelope.company_guid,
             dry_run: envelope.dry_run,
-            batch,
+            work,
         })
     }
 }
@@ -195,7 +204,7 @@ impl<'a> BatchMessage<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::read_items;
+    use crate::domain::{read_items, Batch, Deletion};
     use serde_json::json;
 
     fn items(company: Uuid) -> (Vec<u8>, Uuid) {
@@ -227,9 +236,9 @@ mod tests {
             ),
             (MESSAGE_VERSION, id, company, true)
         );
-        let mut sent = Batch::Pieces(read_items(&body, 10).expect("valid"));
+        let mut sent = Batch::Pieces(read_items(Entity::Pieces, &body, 10).expect("valid"));
         sent.assign_guids(&guids);
-        assert_eq!(read.batch, sent);
+        assert_eq!(read.work, Work::Upsert(sent));
     }
 
     #[test]
@@ -241,7 +250,7 @@ mod tests {
         let whole = BatchMessage::forwarded(id, company, false, Entity::Pieces, &body, &guids);
         for piece in [1, 7, body.len()] {
             // Announced length wrong on purpose: the buffer grows as needed.
-            let mut message = ForwardedMessage::new(Entity::Pieces, 3);
+            let mut message = ForwardedMessage::new(Entity::Pieces, Operation::Upsert, 3);
             for chunk in body.chunks(piece) {
                 message.push_items(chunk);
             }
@@ -262,7 +271,7 @@ mod tests {
                  "end_date": null, "attributes": {"a": 1}}]}});
         let body = v1.to_string();
         let read = BatchMessage::from_json(body.as_bytes()).expect("readable");
-        let Batch::Projects(projects) = &read.batch else {
+        let Work::Upsert(Batch::Projects(projects)) = &read.work else {
             panic!("projects expected")
         };
         assert_eq!(
@@ -271,6 +280,27 @@ mod tests {
         );
         assert_eq!(projects[0].status, crate::domain::ProjectStatus::OnHold);
         assert_eq!(projects[0].end_date, None);
+    }
+
+    #[test]
+    fn a_delete_message_reads_as_the_keys_sent() {
+        let (id, company, guid) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let keys =
+            serde_json::to_vec(&json!([{"guid": guid, "company_guid": company}])).expect("json");
+        let mut message = ForwardedMessage::new(Entity::Articles, Operation::Delete, keys.len());
+        message.push_items(&keys);
+        let body = message.finish(id, company, false, &[guid]);
+        let read = BatchMessage::from_json(&body).expect("readable");
+        assert_eq!(
+            read.work,
+            Work::Delete(
+                Entity::Articles,
+                vec![Deletion {
+                    guid,
+                    company_guid: company
+                }]
+            )
+        );
     }
 
     #[test]

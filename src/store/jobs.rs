@@ -1,6 +1,6 @@
 //! The `sync_jobs` ledger: one row per accepted request.
 
-use crate::domain::Entity;
+use crate::domain::{Entity, Operation};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 use sqlx::{Connection, PgConnection, PgPool};
@@ -17,12 +17,26 @@ pub enum JobStatus {
     Processing,
     Succeeded,
     Failed,
+    /// Withdrawn by its client while still queued; never applied.
+    Cancelled,
 }
 
 impl JobStatus {
+    /// Every status, in the order of a job's life.
+    pub const ALL: [JobStatus; 5] = [
+        JobStatus::Queued,
+        JobStatus::Processing,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
+
     /// True once the job will not change any more.
     pub fn is_finished(self) -> bool {
-        matches!(self, JobStatus::Succeeded | JobStatus::Failed)
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
+        )
     }
 
     /// The stored and published spelling.
@@ -32,6 +46,7 @@ impl JobStatus {
             JobStatus::Processing => "processing",
             JobStatus::Succeeded => "succeeded",
             JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
         }
     }
 }
@@ -83,12 +98,20 @@ pub struct Job {
     #[sqlx(try_from = "String")]
     #[schema(value_type = Entity)]
     pub entity: EntityColumn,
+    #[sqlx(try_from = "String")]
+    pub operation: Operation,
     pub status: JobStatus,
     pub item_count: i32,
     pub inserted: Option<i32>,
     pub updated: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unchanged: Option<i32>,
+    /// A delete job that succeeded: rows removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<i32>,
+    /// A delete job that succeeded: GUIDs that named no row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_found: Option<i32>,
     #[sqlx(json(nullable))]
     pub error: Option<JobError>,
     pub attempts: i32,
@@ -142,14 +165,17 @@ pub struct NewJob {
     pub correlation_id: Uuid,
     pub company_guid: Uuid,
     pub entity: Entity,
+    pub operation: Operation,
     pub item_count: i32,
     pub dry_run: bool,
     pub shard: i32,
     pub submitted_by: String,
 }
 
-const COLUMNS: &str = "correlation_id, company_guid, entity, status, item_count, inserted, \
-     updated, unchanged, error, attempts, dry_run, shard, submitted_at, started_at, completed_at";
+pub(super) const COLUMNS: &str =
+    "correlation_id, company_guid, entity, operation, status, item_count, \
+     inserted, updated, unchanged, deleted, not_found, error, attempts, dry_run, shard, \
+     submitted_at, started_at, completed_at";
 
 /// Records jobs, several in one statement: each with the status it starts
 /// in — `Queued`, or `Succeeded` for an empty batch, finished at once with
@@ -168,14 +194,18 @@ pub async fn insert_all(
     let ids = column(jobs, |(job, _)| job.correlation_id);
     let rows: Vec<Job> = sqlx::query_as(&format!(
         "INSERT INTO sync_jobs (correlation_id, company_guid, entity, status, item_count, \
-             dry_run, shard, submitted_by, inserted, updated, unchanged, started_at, completed_at) \
-         SELECT id, company, entity, status, item_count, dry_run, shard, submitted_by, \
+             dry_run, shard, submitted_by, operation, inserted, updated, unchanged, deleted, \
+             not_found, started_at, completed_at) \
+         SELECT id, company, entity, status, item_count, dry_run, shard, submitted_by, operation, \
              CASE WHEN finished THEN 0 END, CASE WHEN finished THEN 0 END, \
-             CASE WHEN finished THEN 0 END, CASE WHEN finished THEN now() END, \
-             CASE WHEN finished THEN now() END \
+             CASE WHEN finished THEN 0 END, \
+             CASE WHEN finished AND operation = 'delete' THEN 0 END, \
+             CASE WHEN finished AND operation = 'delete' THEN 0 END, \
+             CASE WHEN finished THEN now() END, CASE WHEN finished THEN now() END \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], $6::bool[], \
-             $7::int4[], $8::text[], $9::bool[]) \
-             AS new (id, company, entity, status, item_count, dry_run, shard, submitted_by, finished) \
+             $7::int4[], $8::text[], $9::bool[], $10::text[]) \
+             AS new (id, company, entity, status, item_count, dry_run, shard, submitted_by, \
+                     finished, operation) \
          RETURNING {COLUMNS}"
     ))
     .bind(&ids)
@@ -187,6 +217,7 @@ pub async fn insert_all(
     .bind(column(jobs, |(job, _)| job.shard))
     .bind(column(jobs, |(job, _)| job.submitted_by.as_str()))
     .bind(column(jobs, |(_, status)| status.is_finished()))
+    .bind(column(jobs, |(job, _)| job.operation.as_str()))
     .fetch_all(pool)
     .await?;
     // RETURNING gives no order: put the rows back in the callers'.
@@ -262,7 +293,8 @@ async fn mark_started(conn: &mut PgConnection, id: Uuid) -> Result<Option<Job>, 
         "UPDATE sync_jobs SET \
              status = CASE WHEN status IN ('queued', 'processing') THEN 'processing' ELSE status END, \
              attempts = attempts + CASE WHEN status IN ('queued', 'processing') THEN 1 ELSE 0 END, \
-             started_at = COALESCE(started_at, now()) \
+             started_at = CASE WHEN status IN ('queued', 'processing') \
+                 THEN COALESCE(started_at, now()) ELSE started_at END \
          WHERE correlation_id = $1 RETURNING {COLUMNS}"
     ))
     .bind(id)
@@ -299,6 +331,45 @@ pub async fn finish_succeeded(
     .bind(updated)
     .bind(unchanged)
     .fetch_one(conn)
+    .await
+}
+
+/// Finishes a delete job as succeeded with its counts.
+pub async fn finish_deleted(
+    conn: &mut PgConnection,
+    id: Uuid,
+    deleted: i32,
+    not_found: i32,
+) -> Result<Job, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE sync_jobs SET status = 'succeeded', inserted = 0, updated = 0, unchanged = 0, \
+             deleted = $2, not_found = $3, completed_at = now() \
+         WHERE correlation_id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(deleted)
+    .bind(not_found)
+    .fetch_one(conn)
+    .await
+}
+
+/// Cancels a job that is still queued (of `company`, unless None); None if
+/// there is no such job, or it is no longer queued. A worker taking the job
+/// updates the same row, so the two are serialised: a job is cancelled or
+/// started, never both.
+pub async fn cancel(
+    pool: &PgPool,
+    id: Uuid,
+    company: Option<Uuid>,
+) -> Result<Option<Job>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE sync_jobs SET status = 'cancelled', completed_at = now() \
+         WHERE correlation_id = $1 AND ($2::uuid IS NULL OR company_guid = $2) \
+           AND status = 'queued' RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(company)
+    .fetch_optional(pool)
     .await
 }
 

@@ -1,8 +1,10 @@
 //! PostgreSQL access. Every SQL statement of the service lives below here.
 
 pub mod api_keys;
+pub mod deletions;
 mod entities;
 pub mod idempotency;
+pub mod job_list;
 pub mod jobs;
 pub mod leases;
 mod recorder;

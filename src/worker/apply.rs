@@ -1,9 +1,9 @@
 //! Applying one batch: the job row and the upsert in one transaction.
 
-use crate::domain::Batch;
+use crate::domain::Work;
 use crate::queue::BatchMessage;
 use crate::store::{
-    self, jobs,
+    self, deletions, jobs,
     leases::{self, Fence},
     Job, JobError, StoreError,
 };
@@ -80,31 +80,74 @@ pub async fn apply_batch(
     if !holds(&mut tx, fence).await? {
         return Ok(Outcome::Fenced);
     }
-    let (outcome, violations) = if message.dry_run {
+    let effect = if message.dry_run {
         // The whole apply runs, inside a savepoint rolled back at once: the
         // counts and violations are real, the data untouched.
         let mut trial = tx.begin().await?;
-        let checked = check_and_upsert(&mut trial, &message.batch).await?;
+        let checked = check_and_apply(&mut trial, message).await?;
         trial.rollback().await?;
         checked
     } else {
-        check_and_upsert(&mut tx, &message.batch).await?
+        check_and_apply(&mut tx, message).await?
     };
-    if !violations.is_empty() {
-        tx.rollback().await?;
-        let error = JobError::company_access_violation(violations);
-        return fail_job_on(&mut conn, id, &error, fence).await;
-    }
-    let job = jobs::finish_succeeded(
-        &mut tx,
-        id,
-        count(outcome.inserted),
-        count(outcome.updated),
-        count(outcome.unchanged),
-    )
-    .await?;
+    let job = match effect {
+        Effect::Violations(indexes) => {
+            tx.rollback().await?;
+            let error = JobError::company_access_violation(indexes);
+            return fail_job_on(&mut conn, id, &error, fence).await;
+        }
+        Effect::Upserted(outcome) => {
+            let (inserted, updated) = (count(outcome.inserted), count(outcome.updated));
+            jobs::finish_succeeded(&mut tx, id, inserted, updated, count(outcome.unchanged)).await?
+        }
+        Effect::Deleted { deleted, not_found } => {
+            jobs::finish_deleted(&mut tx, id, count(deleted), count(not_found)).await?
+        }
+    };
     tx.commit().await?;
     Ok(Applied::now(Some(job)).into())
+}
+
+/// What applying a message's items came to.
+enum Effect {
+    /// Items touch another company's data (their indexes): roll back.
+    Violations(Vec<usize>),
+    Upserted(store::UpsertOutcome),
+    Deleted {
+        deleted: usize,
+        not_found: usize,
+    },
+}
+
+/// Applies the message's upserts or deletes, unless an item touches
+/// another company's data.
+async fn check_and_apply(
+    conn: &mut sqlx::PgConnection,
+    message: &BatchMessage<'_>,
+) -> Result<Effect, StoreError> {
+    match &message.work {
+        Work::Upsert(batch) => {
+            let (outcome, violations) = check_and_upsert(conn, batch).await?;
+            Ok(if violations.is_empty() {
+                Effect::Upserted(outcome)
+            } else {
+                Effect::Violations(violations)
+            })
+        }
+        Work::Delete(entity, keys) => {
+            let violations = deletions::foreign_rows(conn, *entity, keys).await?;
+            if !violations.is_empty() {
+                return Ok(Effect::Violations(violations));
+            }
+            let deleted =
+                deletions::delete_rows(conn, *entity, keys, message.correlation_id).await?;
+            let deleted = usize::try_from(deleted).unwrap_or(usize::MAX);
+            Ok(Effect::Deleted {
+                deleted,
+                not_found: keys.len().saturating_sub(deleted),
+            })
+        }
+    }
 }
 
 /// The fence check, where there is a fence.
@@ -160,7 +203,12 @@ fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-/// The items of a batch, for logs.
-pub fn describe(batch: &Batch<'_>) -> String {
-    format!("{} {}", batch.len(), batch.entity())
+/// The items of a message, for logs.
+pub fn describe(work: &Work<'_>) -> String {
+    format!(
+        "{} {} {}",
+        work.operation().as_str(),
+        work.len(),
+        work.entity()
+    )
 }

@@ -232,8 +232,8 @@ impl Worker {
             "correlation_id",
             tracing::field::display(message.correlation_id),
         );
-        span.record("entity", message.batch.entity().as_str());
-        let entity = message.batch.entity().as_str();
+        span.record("entity", message.work.entity().as_str());
+        let entity = message.work.entity().as_str();
         if redelivered {
             metrics::counter!(m::REDELIVERIES, "entity" => entity).increment(1);
         }
@@ -268,7 +268,7 @@ impl Worker {
             }
         };
         tracing::info!(
-            batch = %describe(&message.batch),
+            batch = %describe(&message.work),
             status = job.status.as_str(),
             inserted = job.inserted.unwrap_or(0),
             updated = job.updated.unwrap_or(0),

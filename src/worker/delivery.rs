@@ -50,6 +50,10 @@ pub(super) fn record_completion(job: &Job, apply: Duration) {
         .increment(as_u64(job.inserted));
     metrics::counter!(m::ITEMS_APPLIED, "entity" => entity, "op" => "updated")
         .increment(as_u64(job.updated));
+    if job.deleted.is_some() {
+        metrics::counter!(m::ITEMS_APPLIED, "entity" => entity, "op" => "deleted")
+            .increment(as_u64(job.deleted));
+    }
 }
 
 /// How long an ack may take before the connection is deemed dead: one sent

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use sync_ingest::{
     app::{topology, Mode},
-    retention::{purge_once, Purged},
+    retention::{purge_once, Purged, Retention},
 };
 use uuid::Uuid;
 
@@ -926,6 +926,11 @@ async fn key_exists(app: &TestApp, key: &str) -> bool {
         .expect("exists query")
 }
 
+const RETENTION: Retention = Retention {
+    job_hours: 168,
+    tombstone_days: 30,
+};
+
 #[tokio::test]
 async fn purge_removes_jobs_and_keys_past_retention_and_keeps_the_rest() {
     let app = TestApp::spawn_with(Mode::Api, |s| s.purge_interval_secs = 3600).await;
@@ -947,13 +952,14 @@ async fn purge_removes_jobs_and_keys_past_retention_and_keeps_the_rest() {
     key_created_hours_ago(&app, "old-key", 25.0).await;
     key_created_hours_ago(&app, "recent-key", 23.0).await;
 
-    let purged = purge_once(&app.pool, 168).await.expect("purge runs");
+    let purged = purge_once(&app.pool, RETENTION).await.expect("purge runs");
 
     assert_eq!(
         purged,
         Purged {
             jobs: 1,
-            idempotency_keys: 1
+            idempotency_keys: 1,
+            tombstones: 0,
         }
     );
     assert!(!job_exists(&app, old_job).await);
@@ -963,7 +969,7 @@ async fn purge_removes_jobs_and_keys_past_retention_and_keeps_the_rest() {
     assert!(!key_exists(&app, "old-key").await);
     assert!(key_exists(&app, "recent-key").await);
     assert_eq!(
-        purge_once(&app.pool, 168).await.expect("purge runs"),
+        purge_once(&app.pool, RETENTION).await.expect("purge runs"),
         Purged::default()
     );
 }

@@ -444,13 +444,13 @@ async fn references_to_own_or_not_yet_existing_entities_are_accepted() {
 }
 
 /// A test's own AMQP connection, to read results and inject messages.
-struct Amqp {
+pub struct Amqp {
     _connection: Connection,
     channel: Channel,
 }
 
 impl Amqp {
-    async fn connect(app: &TestApp) -> Amqp {
+    pub async fn connect(app: &TestApp) -> Amqp {
         let connection =
             Connection::connect(&app.settings.amqp_url, ConnectionProperties::default())
                 .await
@@ -468,7 +468,7 @@ impl Amqp {
 
     /// The next result for job `id` on `{prefix}.results` (others are
     /// consumed and skipped); panics after 10 s.
-    async fn result(&self, app: &TestApp, id: &str) -> Delivery {
+    pub async fn result(&self, app: &TestApp, id: &str) -> Delivery {
         let queue = topology(&app.settings).results();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -496,7 +496,7 @@ impl Amqp {
     }
 
     /// Publishes `message` to its company's request queue, as the api does.
-    async fn publish_batch(&self, app: &TestApp, message: &Message) {
+    pub async fn publish_batch(&self, app: &TestApp, message: &Message) {
         let topology = topology(&app.settings);
         let shard = topology.shard_for(message.company);
         let properties = BasicProperties::default()
@@ -527,10 +527,10 @@ impl Amqp {
 }
 
 /// A message as the api publishes it.
-struct Message {
-    id: Uuid,
-    company: Uuid,
-    body: Vec<u8>,
+pub struct Message {
+    pub id: Uuid,
+    pub company: Uuid,
+    pub body: Vec<u8>,
 }
 
 fn message_for(entity: Entity, id: Uuid, company: Uuid, body: &Value) -> Message {

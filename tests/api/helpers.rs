@@ -144,7 +144,8 @@ impl TestApp {
     pub async fn finished_job(&self, id: &str, token: &str) -> Value {
         for _ in 0..400 {
             let job: Value = self.get_job(id, token).await.json().await.expect("job");
-            if job["status"] == "succeeded" || job["status"] == "failed" {
+            if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap_or(""))
+            {
                 return job;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

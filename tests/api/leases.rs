@@ -42,6 +42,7 @@ async fn queued_batch(app: &TestApp, company: Uuid, project: Uuid) -> Vec<u8> {
         correlation_id: id,
         company_guid: company,
         entity: Entity::Projects,
+        operation: sync_ingest::domain::Operation::Upsert,
         item_count: 1,
         dry_run: false,
         shard: 0,

@@ -8,6 +8,7 @@ mod helpers;
 mod auth;
 mod bounds;
 mod contract;
+mod deletes;
 mod entities;
 mod leases;
 mod push;

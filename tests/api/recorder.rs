@@ -18,6 +18,7 @@ fn new_job(n: i32) -> NewJob {
         } else {
             Entity::Projects
         },
+        operation: sync_ingest::domain::Operation::Upsert,
         item_count: n,
         dry_run: n % 3 == 0,
         shard: n % 4,
