@@ -409,3 +409,49 @@ async fn a_redelivered_delete_is_applied_once() {
     let now: Value = app.get_job(id, &token).await.json().await.expect("job");
     assert_eq!(now, job);
 }
+
+#[tokio::test]
+async fn tombstones_past_their_retention_are_purged_and_a_deleted_guid_may_come_back() {
+    let app = TestApp::spawn_with(Mode::All, |s| s.purge_interval_secs = 3600).await;
+    let company = company();
+    let token = app.writer(company).await;
+    let guids = new_guids(2);
+    app.sync("pieces", &token, &pieces(company, &guids, "m"))
+        .await;
+    app.sync("pieces/delete", &token, &keys(company, &guids))
+        .await;
+    sqlx::query(
+        "UPDATE sync_deletions SET deleted_at = now() - interval '31 days' WHERE guid = $1",
+    )
+    .bind(guids[0])
+    .execute(&app.pool)
+    .await
+    .expect("backdated");
+
+    let retention = sync_ingest::retention::Retention {
+        job_hours: 168,
+        tombstone_days: 30,
+    };
+    let purged = sync_ingest::retention::purge_once(&app.pool, retention)
+        .await
+        .expect("purged");
+
+    assert_eq!(purged.tombstones, 1);
+    let left: Vec<Uuid> = sqlx::query_scalar("SELECT guid FROM sync_deletions")
+        .fetch_all(&app.pool)
+        .await
+        .expect("read");
+    assert_eq!(left, [guids[1]]);
+    // An upsert of a deleted GUID creates it again.
+    let job = app
+        .sync("pieces", &token, &pieces(company, &guids, "again"))
+        .await;
+    assert_eq!(
+        (job["inserted"].clone(), job["updated"].clone()),
+        (json!(2), json!(0))
+    );
+    assert_eq!(
+        app.row("pieces", guids[1]).await.expect("back")["mark"],
+        "again"
+    );
+}

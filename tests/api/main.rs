@@ -4,6 +4,7 @@
 mod bodies;
 mod gate;
 mod helpers;
+mod jobs;
 
 mod auth;
 mod bounds;
