@@ -36,6 +36,8 @@ enum Command {
     Migrate,
     /// Load files of items into the service: batches, retries, progress.
     Push(sync_ingest::push::PushArgs),
+    /// List your company's jobs, newest first (one line each).
+    Jobs(sync_ingest::push::jobs::JobsArgs),
     /// Measure intake, drain and end-to-end speed against raw limits.
     Bench(sync_ingest::bench::BenchArgs),
     /// Manage API keys.
@@ -80,6 +82,7 @@ async fn main() -> Result<()> {
         }
         Command::ApiKey(command) => api_key_command(&settings, command).await,
         Command::Push(args) => std::process::exit(sync_ingest::push::run(args).await.exit_code()),
+        Command::Jobs(args) => std::process::exit(sync_ingest::push::jobs::run(args).await),
         Command::Bench(args) => {
             let report = sync_ingest::bench::run(args, settings).await?;
             println!("{}", sync_ingest::bench::summary(&report));

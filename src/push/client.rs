@@ -7,7 +7,7 @@ use super::{
     progress::Progress,
 };
 use crate::{
-    domain::Entity,
+    domain::{Entity, Operation},
     store::{JobError, JobStatus},
 };
 use reqwest::{
@@ -36,6 +36,10 @@ pub struct JobReport {
     pub updated: Option<u64>,
     #[serde(default)]
     pub unchanged: Option<u64>,
+    #[serde(default)]
+    pub deleted: Option<u64>,
+    #[serde(default)]
+    pub not_found: Option<u64>,
     pub error: Option<JobError>,
 }
 
@@ -73,6 +77,7 @@ pub struct ClientConfig {
     pub base_url: String,
     pub token: String,
     pub entity: Entity,
+    pub operation: Operation,
     pub dry_run: bool,
     pub wait_secs: u64,
     pub max_retries: u32,
@@ -117,9 +122,13 @@ impl Client {
             .build()
             .map_err(PushError::Client)?;
         let dry_run = if config.dry_run { "?dry_run=true" } else { "" };
+        let delete = match config.operation {
+            Operation::Upsert => "",
+            Operation::Delete => "/delete",
+        };
         Ok(Client {
             http,
-            submit_url: format!("{base}/api/v1/sync/{}{dry_run}", config.entity),
+            submit_url: format!("{base}/api/v1/sync/{}{delete}{dry_run}", config.entity),
             jobs_url: format!("{base}/api/v1/sync/jobs/"),
             authorization,
             prefer,

@@ -1,12 +1,13 @@
-//! `sync-ingest push`: the bulk loader (issue 6). Reads files of items,
-//! submits them in batches with bounded concurrency, retries what is
-//! transient under a stable `Idempotency-Key`, follows every job to its end
-//! and prints a summary.
+//! `sync-ingest push`: the bulk loader. Reads files of items (or, with
+//! `--delete`, of the keys of rows to delete), submits them in batches with
+//! bounded concurrency, retries what is transient under a stable
+//! `Idempotency-Key`, follows every job to its end and prints a summary.
 
 mod backoff;
 mod client;
 mod error;
 mod input;
+pub mod jobs;
 mod progress;
 mod summary;
 
@@ -15,7 +16,7 @@ pub use error::{BatchFailure, ItemProblem, PushError};
 pub use summary::{BatchOutcome, Summary};
 
 use crate::{
-    domain::Entity,
+    domain::{Entity, Operation},
     store::{JobError, JobStatus},
 };
 use client::{Client, ClientConfig};
@@ -61,9 +62,14 @@ pub struct PushArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: u32,
 
-    /// Run everything and roll the upserts back: counts without writes.
+    /// Run everything and roll the changes back: counts without writes.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Delete the rows the items name (each `{"guid", "company_guid"}`)
+    /// instead of upserting them.
+    #[arg(long)]
+    pub delete: bool,
 
     /// Seconds each request waits for its job (`Prefer: wait`) before
     /// polling; 0 polls at once.
@@ -143,6 +149,7 @@ struct Run<'a> {
     items: &'a input::Items,
     progress: Arc<Progress>,
     entity: Entity,
+    operation: Operation,
     dry_run: bool,
     run_id: String,
     /// Set after a refusal that every later batch would meet too.
@@ -166,10 +173,16 @@ pub async fn push(args: PushArgs) -> Result<Summary, PushError> {
     // Blocking reads are fine here: nothing else runs yet.
     let items = input::Items::read(&args.files)?;
     let progress = Arc::new(Progress::new(items.len()));
+    let operation = if args.delete {
+        Operation::Delete
+    } else {
+        Operation::Upsert
+    };
     let config = ClientConfig {
         base_url: args.url.clone(),
         token: args.token.clone(),
         entity: args.entity,
+        operation,
         dry_run: args.dry_run,
         wait_secs: args.wait_secs,
         max_retries: args.max_retries,
@@ -179,6 +192,7 @@ pub async fn push(args: PushArgs) -> Result<Summary, PushError> {
         items: &items,
         progress: progress.clone(),
         entity: args.entity,
+        operation,
         dry_run: args.dry_run,
         run_id: args
             .run_id
@@ -191,7 +205,8 @@ pub async fn push(args: PushArgs) -> Result<Summary, PushError> {
     }
     let plan = batches(items.len(), batch_size);
     eprintln!(
-        "push: {} {} in {} batches of up to {batch_size} to {} (run id {})",
+        "push: {} {} {} in {} batches of up to {batch_size} to {} (run id {})",
+        operation.as_str(),
         items.len(),
         args.entity,
         plan.len(),
@@ -272,8 +287,8 @@ async fn submit_and_follow(
     }
 }
 
-/// `push-` and the SHA-256 of the run, the request's entity and dry-run
-/// flag, the batch's place and its body: the same on every retry of the
+/// `push-` and the SHA-256 of the run, the request's entity, operation and
+/// dry-run flag, the batch's place and its body: the same on every retry of the
 /// batch, different for any other request — so a retry after an unanswered
 /// attempt gets the original job, and another run applies the file again.
 fn idempotency_key(run: &Run<'_>, number: usize, body: &[u8]) -> String {
@@ -281,6 +296,10 @@ fn idempotency_key(run: &Run<'_>, number: usize, body: &[u8]) -> String {
     hash.update(run.run_id.as_bytes());
     hash.update([0]);
     hash.update(run.entity.as_str());
+    // An upsert's key is what it was before deletes, so reruns still match.
+    if run.operation == Operation::Delete {
+        hash.update("\0delete");
+    }
     hash.update([0, u8::from(run.dry_run), 0]);
     hash.update((number as u64).to_be_bytes());
     hash.update(body);

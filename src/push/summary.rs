@@ -32,6 +32,9 @@ pub struct Summary {
     pub updated: u64,
     /// None when no job reported it.
     pub unchanged: Option<u64>,
+    /// Delete jobs' counts; None for upserts.
+    pub deleted: Option<u64>,
+    pub not_found: Option<u64>,
     pub applied_items: u64,
     pub retries: u64,
     pub elapsed: Duration,
@@ -59,6 +62,8 @@ impl Summary {
             inserted: 0,
             updated: 0,
             unchanged: None,
+            deleted: None,
+            not_found: None,
             applied_items: 0,
             retries,
             elapsed,
@@ -71,8 +76,14 @@ impl Summary {
                     summary.applied_items += job.item_count;
                     summary.inserted += job.inserted.unwrap_or(0);
                     summary.updated += job.updated.unwrap_or(0);
-                    if let Some(unchanged) = job.unchanged {
-                        *summary.unchanged.get_or_insert(0) += unchanged;
+                    for (total, count) in [
+                        (&mut summary.unchanged, job.unchanged),
+                        (&mut summary.deleted, job.deleted),
+                        (&mut summary.not_found, job.not_found),
+                    ] {
+                        if let Some(count) = count {
+                            *total.get_or_insert(0) += count;
+                        }
                     }
                 }
                 Err(_) => summary.failures.push(outcome),
@@ -110,8 +121,14 @@ impl Summary {
         line("failed", self.failures.len().to_string());
         line("inserted", self.inserted.to_string());
         line("updated", self.updated.to_string());
-        if let Some(unchanged) = self.unchanged {
-            line("unchanged", unchanged.to_string());
+        for (name, count) in [
+            ("unchanged", self.unchanged),
+            ("deleted", self.deleted),
+            ("not_found", self.not_found),
+        ] {
+            if let Some(count) = count {
+                line(name, count.to_string());
+            }
         }
         line("retries", self.retries.to_string());
         line("elapsed", format!("{:.2} s", self.elapsed.as_secs_f64()));
@@ -215,6 +232,8 @@ mod tests {
                 inserted: Some(inserted),
                 updated: Some(count - inserted),
                 unchanged: None,
+                deleted: None,
+                not_found: None,
                 error: None,
             }),
         }

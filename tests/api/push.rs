@@ -480,3 +480,71 @@ async fn push_waits_out_company_backlog_full_and_resumes_once_the_backlog_drains
     assert_eq!(app.count("sync_jobs").await, 35, "a batch was queued twice");
     worker.shutdown().await;
 }
+
+#[tokio::test]
+async fn push_delete_removes_the_rows_a_file_names_and_jobs_lists_them() {
+    let app = TestApp::spawn().await;
+    let company = company();
+    let token = app.writer(company).await;
+    let items = pieces(company, 30);
+    let file = InputFile::ndjson(&items);
+    let loaded = push(&app, &token, &["--entity", "pieces", file.path()]).await;
+    assert_eq!(loaded.code, 0, "{loaded}");
+    let keys: Vec<Value> = items[..25]
+        .iter()
+        .map(|i| json!({"guid": i["guid"], "company_guid": company}))
+        .chain([json!({"guid": Uuid::new_v4(), "company_guid": company})])
+        .collect();
+    let keys_file = InputFile::ndjson(&keys);
+
+    let run = push(
+        &app,
+        &token,
+        &[
+            "--entity",
+            "pieces",
+            "--delete",
+            "--batch-size",
+            "10",
+            keys_file.path(),
+        ],
+    )
+    .await;
+
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.field("batches"), 3, "{run}");
+    assert_eq!(run.field("deleted"), 25, "{run}");
+    assert_eq!(run.field("not_found"), 1, "{run}");
+    assert_eq!(app.count("pieces").await, 5);
+
+    // `sync-ingest jobs` lists them, newest first; filters pass through.
+    let listed = jobs_command(&app, &token, &["--operation", "delete"]).await;
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 3, "{listed}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains(" delete ") && l.contains("succeeded")),
+        "{listed}"
+    );
+    let all = jobs_command(&app, &token, &["--limit", "2"]).await;
+    assert_eq!(all.lines().count(), 2, "{all}");
+}
+
+/// Runs `sync-ingest jobs ARGS` against the app; its stdout (exit 0 asserted).
+async fn jobs_command(app: &TestApp, token: &str, args: &[&str]) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sync-ingest"));
+    command
+        .arg("jobs")
+        .args(["--url", &app.base])
+        .args(args)
+        .env("SYNC_TOKEN", token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("jobs task")
+        .expect("jobs runs");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
