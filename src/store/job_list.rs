@@ -11,6 +11,12 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+/// Later than every job: 9999-12-31T23:59:59Z.
+const END_OF_TIME: DateTime<Utc> = match DateTime::from_timestamp(253_402_300_799, 0) {
+    Some(at) => at,
+    None => DateTime::<Utc>::MAX_UTC,
+};
+
 /// Where a page ends: the key of its last job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
@@ -57,6 +63,12 @@ pub async fn page(
     pool: &PgPool,
     filter: &JobFilter,
 ) -> Result<(Vec<Job>, Option<Cursor>), sqlx::Error> {
+    // Bounds are always given, never `$n IS NULL OR …`: a prepared
+    // statement's generic plan can then still seek the index to them.
+    let after = filter.after.unwrap_or(Cursor {
+        submitted_at: END_OF_TIME,
+        correlation_id: Uuid::max(),
+    });
     let statuses: Option<Vec<&str>> =
         (!filter.statuses.is_empty()).then(|| filter.statuses.iter().map(|s| s.as_str()).collect());
     let mut jobs: Vec<Job> = sqlx::query_as(&format!(
@@ -64,19 +76,18 @@ pub async fn page(
            AND ($2::text[] IS NULL OR status = ANY($2)) \
            AND ($3::text IS NULL OR entity = $3) \
            AND ($4::text IS NULL OR operation = $4) \
-           AND ($5::timestamptz IS NULL OR submitted_at > $5) \
-           AND ($6::timestamptz IS NULL OR submitted_at < $6) \
-           AND ($7::timestamptz IS NULL OR (submitted_at, correlation_id) < ($7, $8)) \
+           AND submitted_at > $5 AND submitted_at < $6 \
+           AND (submitted_at, correlation_id) < ($7, $8) \
          ORDER BY submitted_at DESC, correlation_id DESC LIMIT $9"
     ))
     .bind(filter.company)
     .bind(statuses)
     .bind(filter.entity.map(Entity::as_str))
     .bind(filter.operation.map(Operation::as_str))
-    .bind(filter.submitted_after)
-    .bind(filter.submitted_before)
-    .bind(filter.after.map(|c| c.submitted_at))
-    .bind(filter.after.map(|c| c.correlation_id))
+    .bind(filter.submitted_after.unwrap_or(DateTime::UNIX_EPOCH))
+    .bind(filter.submitted_before.unwrap_or(END_OF_TIME))
+    .bind(after.submitted_at)
+    .bind(after.correlation_id)
     // One more than asked: whether there is a next page.
     .bind(i64::from(filter.limit) + 1)
     .fetch_all(pool)
