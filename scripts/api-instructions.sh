@@ -6,7 +6,7 @@
 # of instructions for the same binary and input repeats to a tenth of a
 # percent, so it is what to compare two versions of the api by.
 #
-#   cargo build --release && scripts/api-instructions.sh [BATCHES [PIECES]]
+#   cargo build --profile release-lto && scripts/api-instructions.sh [BATCHES [PIECES]]
 #
 # PIECES (default 1000) is the size of each batch; two runs with different
 # sizes separate what a request costs from what an item costs.
@@ -18,8 +18,8 @@ cd "$(dirname "$0")/.."
 
 batches=${1:-16}
 pieces=${2:-1000}
-bin=${SYNC_INGEST_BIN:-${CARGO_TARGET_DIR:-target}/release/sync-ingest}
-[ -x "$bin" ] || { echo "no release build at $bin (cargo build --release, or set SYNC_INGEST_BIN)" >&2; exit 1; }
+bin=${SYNC_INGEST_BIN:-${CARGO_TARGET_DIR:-target}/release-lto/sync-ingest}
+[ -x "$bin" ] || { echo "no release-lto build at $bin (cargo build --profile release-lto, or set SYNC_INGEST_BIN)" >&2; exit 1; }
 work=$(mktemp -d)
 id=$RANDOM$RANDOM
 server=${DATABASE_SERVER:-postgres://postgres@127.0.0.1:5432}

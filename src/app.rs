@@ -2,12 +2,11 @@
 
 use crate::{
     api::{self, AppState},
-    auth::{Authenticator, JwtVerifier},
-    backlog::{self, Backlog},
+    backlog,
     config::Settings,
-    queue::{results, results::JobWaiters, Publisher, Topology},
+    queue::{results, Publisher, Topology},
     retention,
-    store::{self, leases, JobRecorder, Sessions, StoreError},
+    store::{self, leases, Sessions, StoreError},
     worker::{self, Worker},
 };
 use sqlx::PgPool;
@@ -119,33 +118,12 @@ impl Service {
         if !publisher.is_ready().await {
             tracing::warn!("broker unreachable at start-up; will keep trying");
         }
-        // An empty secret would let anyone sign tokens: treat it as unset.
-        let jwt = settings
-            .jwt_secret
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .map(|secret| {
-                JwtVerifier::new(
-                    secret,
-                    settings.jwt_issuer.as_deref(),
-                    settings.jwt_audience.as_deref(),
-                )
-            });
-        let state = AppState {
-            settings: settings.clone(),
-            pool: pool.clone(),
-            jobs: JobRecorder::start(pool.clone()),
-            publisher: publisher.clone(),
-            auth: Authenticator::new(pool.clone(), jwt),
-            waiters: JobWaiters::default(),
-            backlog: Backlog::default(),
-            in_flight: crate::api::InFlight::new(settings.max_requests_in_flight),
-            keyed_submissions: Arc::new(tokio::sync::Semaphore::new(POOL_SIZE as usize / 2)),
-            parse_permits: Arc::new(tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
-            )),
-            membership: (mode != Mode::Api).then(|| membership_view.clone()),
-        };
+        let state = AppState::new(
+            settings.clone(),
+            pool.clone(),
+            publisher.clone(),
+            (mode != Mode::Api).then(|| membership_view.clone()),
+        );
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         // Background duties shut down with the rest, but nobody waits for

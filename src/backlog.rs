@@ -3,7 +3,11 @@
 //! never per request. Back-pressure (429), queue positions and start
 //! estimates all read the latest sample.
 
-use crate::{queue::Topology, store::jobs, telemetry::metrics as m};
+use crate::{
+    queue::{reconnect, Topology},
+    store::jobs,
+    telemetry::metrics as m,
+};
 use lapin::{
     options::QueueDeclareOptions, types::FieldTable, Channel, Connection, ConnectionProperties,
 };
@@ -90,7 +94,8 @@ impl Backlog {
     }
 }
 
-/// Samples until `stop` fires.
+/// Samples until `stop` fires, reconnecting to the broker as every
+/// long-lived connection does (`queue::reconnect`).
 pub async fn run(
     url: String,
     topology: Topology,
@@ -98,42 +103,54 @@ pub async fn run(
     backlog: Backlog,
     stop: CancellationToken,
 ) {
-    let mut channel: Option<(Connection, Channel)> = None;
+    let session = || async {
+        let (connection, channel) = open(&url).await?;
+        let sampled = sample_until_stopped(&channel, &topology, &pool, &backlog, &stop).await;
+        if sampled.is_ok() {
+            let _ = connection.close(200, "stopping".into()).await;
+        }
+        sampled.map(Some)
+    };
+    reconnect::until_done(&stop, "backlog sampler", session).await;
+}
+
+/// Samples once a second on `channel` until `stop` fires (Ok) or the
+/// broker is lost (Err).
+async fn sample_until_stopped(
+    channel: &Channel,
+    topology: &Topology,
+    pool: &PgPool,
+    backlog: &Backlog,
+    stop: &CancellationToken,
+) -> Result<(), lapin::Error> {
     loop {
-        if channel
-            .as_ref()
-            .is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected())
-        {
-            channel = open(&url).await.ok();
-        }
-        let mut sample = backlog.sample();
-        if let Some((_, ch)) = &channel {
-            match ready_counts(ch, &topology).await {
-                Ok(ready) => sample.ready = ready,
-                Err(error) => {
-                    tracing::debug!(%error, "cannot sample queue depths");
-                    channel = None;
-                }
-            }
-        }
-        if let Ok(finished) = jobs::recently_finished_by_shard(&pool, RATE_WINDOW_SECS).await {
-            let mut rates = vec![0.0; usize::from(topology.shards)];
-            for (shard, count) in finished {
-                if let Some(rate) = usize::try_from(shard).ok().and_then(|s| rates.get_mut(s)) {
-                    *rate = count as f64 / f64::from(RATE_WINDOW_SECS);
-                }
-            }
-            sample.drain_per_sec = rates;
-        }
-        backlog.store(sample);
+        let ready = ready_counts(channel, topology).await?;
+        let drain_per_sec = match jobs::recently_finished_by_shard(pool, RATE_WINDOW_SECS).await {
+            Ok(finished) => rates(topology.shards, finished),
+            // The database is away: keep the last rates.
+            Err(_) => backlog.sample().drain_per_sec,
+        };
+        backlog.store(Sample {
+            ready,
+            drain_per_sec,
+        });
         tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = stop.cancelled() => return Ok(()),
             _ = tokio::time::sleep(SAMPLE_EVERY) => {}
         }
     }
-    if let Some((connection, _)) = channel {
-        let _ = connection.close(200, "stopping".into()).await;
+}
+
+/// Jobs finished per second per shard, from the count of each in the
+/// rate window.
+fn rates(shards: u16, finished: Vec<(i32, i64)>) -> Vec<f64> {
+    let mut rates = vec![0.0; usize::from(shards)];
+    for (shard, count) in finished {
+        if let Some(rate) = usize::try_from(shard).ok().and_then(|s| rates.get_mut(s)) {
+            *rate = count as f64 / f64::from(RATE_WINDOW_SECS);
+        }
     }
+    rates
 }
 
 async fn open(url: &str) -> Result<(Connection, Channel), lapin::Error> {

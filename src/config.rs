@@ -265,7 +265,6 @@ impl Settings {
         })
     }
 
-    /// Bound on a graceful shutdown.
     /// How long finished jobs and tombstones are kept.
     pub fn retention(&self) -> crate::retention::Retention {
         crate::retention::Retention {
@@ -274,6 +273,7 @@ impl Settings {
         }
     }
 
+    /// Bound on a graceful shutdown.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
     }

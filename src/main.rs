@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use std::ffi::OsString;
 use sync_ingest::{
     app::{Mode, Service},
     auth::api_key,
@@ -34,15 +35,14 @@ enum Command {
     Worker,
     /// Apply database migrations and exit.
     Migrate,
-    /// Load files of items into the service: batches, retries, progress.
-    Push(sync_ingest::push::PushArgs),
-    /// List your company's jobs, newest first (one line each).
-    Jobs(sync_ingest::push::jobs::JobsArgs),
-    /// Measure intake, drain and end-to-end speed against raw limits.
-    Bench(sync_ingest::bench::BenchArgs),
     /// Manage API keys.
     #[command(subcommand, name = "api-key")]
     ApiKey(ApiKeyCommand),
+    /// `sync-ingest X …` runs the tool `sync-ingest-X …` installed beside
+    /// this binary (or on PATH): `push` (the bulk loader), `jobs` (your
+    /// jobs, newest first), `bench` (the benchmark).
+    #[command(external_subcommand)]
+    Tool(Vec<OsString>),
 }
 
 #[derive(Subcommand)]
@@ -81,14 +81,30 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::ApiKey(command) => api_key_command(&settings, command).await,
-        Command::Push(args) => std::process::exit(sync_ingest::push::run(args).await.exit_code()),
-        Command::Jobs(args) => std::process::exit(sync_ingest::push::jobs::run(args).await),
-        Command::Bench(args) => {
-            let report = sync_ingest::bench::run(args, settings).await?;
-            println!("{}", sync_ingest::bench::summary(&report));
-            Ok(())
-        }
+        Command::Tool(args) => run_tool(&args),
     }
+}
+
+/// Replaces this process with `sync-ingest-NAME ARGS…`: the client tools
+/// and the benchmark are crates of their own, so the service's binary
+/// carries none of their code, and `sync-ingest push …` still works.
+fn run_tool(args: &[OsString]) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let Some((name, rest)) = args.split_first() else {
+        bail!("no subcommand given");
+    };
+    let program = format!("sync-ingest-{}", name.to_string_lossy());
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(&program)))
+        .filter(|path| path.is_file());
+    let target = beside.map_or_else(|| OsString::from(&program), |p| p.into_os_string());
+    let error = std::process::Command::new(&target).args(rest).exec();
+    bail!(
+        "unknown subcommand `{}`: cannot run `{program}` ({error}); the tools are built by \
+         `cargo build --workspace`",
+        name.to_string_lossy()
+    )
 }
 
 async fn run(settings: Settings, mode: Mode) -> Result<()> {

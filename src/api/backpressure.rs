@@ -32,9 +32,13 @@ pub(super) async fn admit(state: &AppState, company: Uuid, shard: u16) -> Result
 
 /// How long a company with `items` in `jobs` open, over its `cap`, should
 /// wait: the time its shard, finishing `drain` jobs a second, takes to work
-/// off the excess, counted in the company's own average job size.
+/// off the excess, counted in whole jobs of the company's average size. A
+/// lower bound: other companies' jobs on the shard share that drain.
 fn company_retry_after(jobs: i64, items: i64, cap: i64, drain: Option<f64>) -> u64 {
-    let excess_jobs = (items - cap).max(0) as f64 * jobs as f64 / items.max(1) as f64;
+    // Jobs are worked off whole: even one item over is a job to wait for.
+    let excess_jobs = ((items - cap).max(0) as f64 * jobs as f64 / items.max(1) as f64)
+        .ceil()
+        .max(1.0);
     let seconds = match drain {
         Some(rate) if rate > 0.0 => (excess_jobs / rate).ceil() as u64,
         _ => UNKNOWN_DRAIN_SECS,
@@ -53,12 +57,14 @@ mod tests {
 
     #[test]
     fn the_wait_is_the_excess_in_jobs_over_the_drain_rate() {
-        // 8 items in 4 jobs, cap 3: 5 items over, 2.5 jobs; at 0.1 job/s, 25 s.
-        assert_eq!(company_retry_after(4, 8, 3, Some(0.1)), 25);
-        // Twice the drain, half the wait (rounded up).
-        assert_eq!(company_retry_after(4, 8, 3, Some(0.2)), 13);
-        // A company just over: at least a second.
+        // 8 items in 4 jobs, cap 3: 5 items over, 2.5 jobs, so 3 whole
+        // jobs; at 0.1 job/s, 30 s.
+        assert_eq!(company_retry_after(4, 8, 3, Some(0.1)), 30);
+        // Twice the drain, half the wait.
+        assert_eq!(company_retry_after(4, 8, 3, Some(0.2)), 15);
+        // One item over is still a whole job to wait for.
         assert_eq!(company_retry_after(1_000, 200_001, 200_000, Some(50.0)), 1);
+        assert_eq!(company_retry_after(2, 400, 399, Some(0.01)), 100);
     }
 
     #[test]

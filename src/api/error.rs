@@ -1,7 +1,10 @@
 //! `ApiError`: every way a request can fail, and its one rendering as
 //! RFC 9457 problem details.
 
-use crate::{domain::FieldError, store::RecordError};
+use crate::{
+    domain::FieldError,
+    store::{RecordError, StoreError},
+};
 use axum::{
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
@@ -75,87 +78,98 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn status(&self) -> StatusCode {
+    /// Each error's status, stable snake_case code and title: the one table
+    /// of them (the OpenAPI document and the README list the same codes).
+    fn kind(&self) -> (StatusCode, &'static str, &'static str) {
+        use StatusCode as S;
         match self {
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::InsufficientScope | ApiError::CompanyAccessDenied { .. } => {
-                StatusCode::FORBIDDEN
+            ApiError::Unauthorized(_) => (S::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            ApiError::InsufficientScope => {
+                (S::FORBIDDEN, "insufficient_scope", "Insufficient scope")
             }
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::BatchTooLarge(_) | ApiError::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
-            ApiError::IdempotencyKeyReused | ApiError::JobNotCancellable(_) => StatusCode::CONFLICT,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            ApiError::QueueFull { .. } | ApiError::CompanyBacklogFull { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
+            ApiError::CompanyAccessDenied { .. } => (
+                S::FORBIDDEN,
+                "company_access_denied",
+                "Company access denied",
+            ),
+            ApiError::NotFound(_) => (S::NOT_FOUND, "not_found", "Not found"),
+            ApiError::MethodNotAllowed => (
+                S::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed",
+            ),
+            ApiError::Validation(_) => (
+                S::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                "Validation failed",
+            ),
+            ApiError::BatchTooLarge(_) => (S::BAD_REQUEST, "batch_too_large", "Batch too large"),
+            ApiError::InvalidIdempotencyKey => (
+                S::BAD_REQUEST,
+                "invalid_idempotency_key",
+                "Invalid idempotency key",
+            ),
+            ApiError::IdempotencyKeyReused => (
+                S::CONFLICT,
+                "idempotency_key_reused",
+                "Idempotency key reused",
+            ),
+            ApiError::JobNotCancellable(_) => {
+                (S::CONFLICT, "job_not_cancellable", "Job not cancellable")
             }
-            ApiError::BrokerUnavailable | ApiError::DatabaseUnavailable | ApiError::Overloaded => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::PayloadTooLarge { .. } => (
+                S::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "Payload too large",
+            ),
+            ApiError::UnsupportedMediaType => (
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Unsupported media type",
+            ),
+            ApiError::BodyTimeout { .. } => (S::REQUEST_TIMEOUT, "body_timeout", "Request timeout"),
+            ApiError::QueueFull { .. } => (S::TOO_MANY_REQUESTS, "queue_full", "Too many requests"),
+            ApiError::CompanyBacklogFull { .. } => (
+                S::TOO_MANY_REQUESTS,
+                "company_backlog_full",
+                "Too many requests",
+            ),
+            ApiError::BrokerUnavailable => (
+                S::SERVICE_UNAVAILABLE,
+                "broker_unavailable",
+                "Service unavailable",
+            ),
+            ApiError::DatabaseUnavailable => (
+                S::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "Service unavailable",
+            ),
+            ApiError::Overloaded => (S::SERVICE_UNAVAILABLE, "overloaded", "Service unavailable"),
+            ApiError::Internal(_) => (
+                S::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "Internal server error",
+            ),
         }
+    }
+
+    fn status(&self) -> StatusCode {
+        self.kind().0
     }
 
     /// The stable snake_case code clients branch on.
     pub fn code(&self) -> &'static str {
-        match self {
-            ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::InsufficientScope => "insufficient_scope",
-            ApiError::CompanyAccessDenied { .. } => "company_access_denied",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::Validation(_) => "validation_failed",
-            ApiError::BatchTooLarge(_) => "batch_too_large",
-            ApiError::InvalidIdempotencyKey => "invalid_idempotency_key",
-            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
-            ApiError::JobNotCancellable(_) => "job_not_cancellable",
-            ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::UnsupportedMediaType => "unsupported_media_type",
-            ApiError::BodyTimeout { .. } => "body_timeout",
-            ApiError::QueueFull { .. } => "queue_full",
-            ApiError::CompanyBacklogFull { .. } => "company_backlog_full",
-            ApiError::BrokerUnavailable => "broker_unavailable",
-            ApiError::DatabaseUnavailable => "database_unavailable",
-            ApiError::Overloaded => "overloaded",
-            ApiError::Internal(_) => "internal_error",
-        }
+        self.kind().1
     }
 
     fn title(&self) -> &'static str {
-        match self {
-            ApiError::Unauthorized(_) => "Unauthorized",
-            ApiError::InsufficientScope => "Insufficient scope",
-            ApiError::CompanyAccessDenied { .. } => "Company access denied",
-            ApiError::NotFound(_) => "Not found",
-            ApiError::MethodNotAllowed => "Method not allowed",
-            ApiError::Validation(_) => "Validation failed",
-            ApiError::BatchTooLarge(_) => "Batch too large",
-            ApiError::InvalidIdempotencyKey => "Invalid idempotency key",
-            ApiError::IdempotencyKeyReused => "Idempotency key reused",
-            ApiError::JobNotCancellable(_) => "Job not cancellable",
-            ApiError::PayloadTooLarge { .. } => "Payload too large",
-            ApiError::UnsupportedMediaType => "Unsupported media type",
-            ApiError::BodyTimeout { .. } => "Request timeout",
-            ApiError::QueueFull { .. } | ApiError::CompanyBacklogFull { .. } => "Too many requests",
-            ApiError::BrokerUnavailable | ApiError::DatabaseUnavailable | ApiError::Overloaded => {
-                "Service unavailable"
-            }
-            ApiError::Internal(_) => "Internal server error",
-        }
+        self.kind().2
     }
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(error: sqlx::Error) -> Self {
-        if crate::store::is_transient(&error) {
-            tracing::warn!(%error, "database unavailable");
-            ApiError::DatabaseUnavailable
-        } else {
-            ApiError::Internal(error.to_string())
-        }
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        ApiError::database(error.is_transient(), &error)
     }
 }
 
@@ -163,14 +177,21 @@ impl From<RecordError> for ApiError {
     fn from(error: RecordError) -> Self {
         match error {
             RecordError::Database(error) => {
-                if crate::store::is_transient(&error) {
-                    tracing::warn!(%error, "database unavailable");
-                    ApiError::DatabaseUnavailable
-                } else {
-                    ApiError::Internal(error.to_string())
-                }
+                ApiError::database(crate::store::is_transient(&error), &error)
             }
             RecordError::Stopped => ApiError::Internal(error.to_string()),
+        }
+    }
+}
+
+impl ApiError {
+    /// A database error: 503 while it may pass, 500 otherwise.
+    fn database(transient: bool, error: &dyn std::fmt::Display) -> ApiError {
+        if transient {
+            tracing::warn!(%error, "database unavailable");
+            ApiError::DatabaseUnavailable
+        } else {
+            ApiError::Internal(error.to_string())
         }
     }
 }

@@ -63,6 +63,9 @@ pub async fn cancel_job(
         let (entity, status) = (job.entity.0.as_str(), job.status.as_str());
         metrics::counter!(m::JOBS_COMPLETED, "entity" => entity, "status" => status).increment(1);
         tracing::info!("job cancelled");
+        // A `Prefer: wait` on this instance need not wait for the worker
+        // to reach the message.
+        state.waiters.notify(uuid);
         return Ok(Json(job));
     }
     match jobs::find_visible(&state.pool, uuid, company).await? {

@@ -9,7 +9,7 @@ use crate::{
     domain::{BatchError, Entity, FieldError, Manifest, Operation, Work},
     queue::{guid_list, results::Waiter, ForwardedMessage, PublishError},
     store::{
-        idempotency::{self, Recorded},
+        idempotency::{KeyLock, Recorded},
         jobs, Job, JobStatus, NewJob,
     },
     telemetry::{metrics as m, trace::TraceContext},
@@ -96,7 +96,8 @@ pub async fn submit(
     let wait = prefer::wait(&headers);
     let started = Instant::now();
     let message = read_body(&state, (operation, entity), &headers, body).await?;
-    // Held until the answer is written, waiting (`Prefer: wait`) included.
+    // Held until the handler has its answer, waiting (`Prefer: wait`)
+    // included, or the client goes away.
     let _slot = state.in_flight.take()?;
     let started = stage_done("read", started);
     // Only a keyed request is ever compared with another one.
@@ -216,14 +217,13 @@ async fn submit_once(
     submission: Submission,
     correlation_id: Uuid,
 ) -> Result<(Accepted, bool), ApiError> {
-    let company = principal.company;
-    let mut tx = state.pool.begin().await?;
-    if let Some(recorded) = idempotency::lock_and_find(&mut tx, company, key).await? {
+    let (mut lock, recorded) = KeyLock::take(&state.pool, principal.company, key).await?;
+    if let Some(recorded) = recorded {
         if recorded.request_hash != submission.request_hash {
             return Err(ApiError::IdempotencyKeyReused);
         }
         if let Some(job) = jobs::find_visible(&state.pool, recorded.correlation_id, None).await? {
-            tx.commit().await?;
+            lock.release().await?;
             tracing::info!(original = %job.correlation_id, "idempotent replay");
             return Ok((
                 Accepted {
@@ -242,11 +242,11 @@ async fn submit_once(
         correlation_id: accepted.job.correlation_id,
         guids: accepted.guids.clone(),
     };
-    if let Err(error) = idempotency::record(&mut tx, company, key, &recorded).await {
+    if let Err(error) = lock.record(&recorded).await {
         // The batch is queued; only the key is lost. Say so, do not fail.
         tracing::error!(%error, "could not record the idempotency key");
     }
-    tx.commit().await?;
+    lock.release().await?;
     Ok((accepted, false))
 }
 

@@ -45,7 +45,7 @@ pub async fn issue(
     company: Uuid,
     scopes: &[String],
     name: Option<&str>,
-) -> Result<IssuedKey, sqlx::Error> {
+) -> Result<IssuedKey, crate::store::StoreError> {
     let id = hex(&rand::random::<[u8; 8]>());
     let secret = hex(&rand::random::<[u8; 32]>());
     let record = api_keys::insert(pool, &id, company, scopes, name, &hash_secret(&secret)).await?;
@@ -57,7 +57,10 @@ pub async fn issue(
 
 /// The principal a key stands for, or None if the key is unknown, revoked
 /// or its secret does not match.
-pub async fn verify(pool: &PgPool, token: &str) -> Result<Option<Principal>, sqlx::Error> {
+pub async fn verify(
+    pool: &PgPool,
+    token: &str,
+) -> Result<Option<Principal>, crate::store::StoreError> {
     let Some((id, secret)) = split(token) else {
         return Ok(None);
     };

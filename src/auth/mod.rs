@@ -18,7 +18,7 @@ pub enum AuthError {
     #[error("invalid token: {0}")]
     Invalid(String),
     #[error("could not check the API key: {0}")]
-    Store(#[from] sqlx::Error),
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Turns an `Authorization` header into a [`Principal`].

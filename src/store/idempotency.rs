@@ -1,7 +1,8 @@
 //! Idempotency keys: a retried request with the same key and body gets the
 //! original job back instead of a second one.
 
-use sqlx::PgConnection;
+use super::StoreError;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 /// How long a key is remembered.
@@ -15,9 +16,45 @@ pub struct Recorded {
     pub guids: Vec<Uuid>,
 }
 
-/// Takes the key's lock until the end of `tx`, so that concurrent requests
-/// with one key run one after the other; then reads what it recorded.
-pub async fn lock_and_find(
+/// A company's idempotency key, locked so that concurrent requests with
+/// it run one after the other; the lock is held until [`KeyLock::release`]
+/// (or the lock is dropped).
+pub struct KeyLock {
+    tx: Transaction<'static, Postgres>,
+    company: Uuid,
+    key: String,
+}
+
+impl KeyLock {
+    /// Waits for the key's lock, then reads what the key recorded.
+    pub async fn take(
+        pool: &PgPool,
+        company: Uuid,
+        key: &str,
+    ) -> Result<(KeyLock, Option<Recorded>), StoreError> {
+        let mut tx = pool.begin().await?;
+        let recorded = lock_and_find(&mut tx, company, key).await?;
+        let lock = KeyLock {
+            tx,
+            company,
+            key: key.to_owned(),
+        };
+        Ok((lock, recorded))
+    }
+
+    /// Records the key's first request, once the lock is released.
+    pub async fn record(&mut self, recorded: &Recorded) -> Result<(), StoreError> {
+        Ok(record(&mut self.tx, self.company, &self.key, recorded).await?)
+    }
+
+    /// Releases the lock, keeping what was recorded.
+    pub async fn release(self) -> Result<(), StoreError> {
+        Ok(self.tx.commit().await?)
+    }
+}
+
+/// Takes the key's lock until the end of `tx`; then reads what it recorded.
+async fn lock_and_find(
     tx: &mut PgConnection,
     company: Uuid,
     key: &str,
@@ -40,7 +77,7 @@ pub async fn lock_and_find(
 }
 
 /// Records the key's first request (replacing an expired record).
-pub async fn record(
+async fn record(
     tx: &mut PgConnection,
     company: Uuid,
     key: &str,

@@ -6,6 +6,7 @@
 //! `sync_jobs_company_list_idx` serves the order for any number of jobs.
 
 use super::jobs::{Job, JobStatus, COLUMNS};
+use super::StoreError;
 use crate::domain::{Entity, Operation};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -62,7 +63,7 @@ pub struct JobFilter {
 pub async fn page(
     pool: &PgPool,
     filter: &JobFilter,
-) -> Result<(Vec<Job>, Option<Cursor>), sqlx::Error> {
+) -> Result<(Vec<Job>, Option<Cursor>), StoreError> {
     // Bounds are always given, never `$n IS NULL OR …`: a prepared
     // statement's generic plan can then still seek the index to them.
     let after = filter.after.unwrap_or(Cursor {

@@ -1,5 +1,6 @@
 //! The `sync_jobs` ledger: one row per accepted request.
 
+use super::StoreError;
 use crate::domain::{Entity, Operation};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, Serializer};
@@ -236,7 +237,7 @@ pub async fn insert_all(
 /// Removes a job the broker never confirmed. Only a still-queued job is
 /// removed: if a worker already took it, the message did arrive and the job
 /// stays. Returns whether it was removed.
-pub async fn delete_unconfirmed(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+pub async fn delete_unconfirmed(pool: &PgPool, id: Uuid) -> Result<bool, StoreError> {
     let done = sqlx::query("DELETE FROM sync_jobs WHERE correlation_id = $1 AND status = 'queued'")
         .bind(id)
         .execute(pool)
@@ -249,7 +250,7 @@ pub async fn find_visible(
     pool: &PgPool,
     id: Uuid,
     company: Option<Uuid>,
-) -> Result<Option<Job>, sqlx::Error> {
+) -> Result<Option<Job>, StoreError> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM sync_jobs \
          WHERE correlation_id = $1 AND ($2::uuid IS NULL OR company_guid = $2)"
@@ -258,6 +259,7 @@ pub async fn find_visible(
     .bind(company)
     .fetch_optional(pool)
     .await
+    .map_err(StoreError::from)
 }
 
 /// Reads a job without locking it.
@@ -361,7 +363,7 @@ pub async fn cancel(
     pool: &PgPool,
     id: Uuid,
     company: Option<Uuid>,
-) -> Result<Option<Job>, sqlx::Error> {
+) -> Result<Option<Job>, StoreError> {
     sqlx::query_as(&format!(
         "UPDATE sync_jobs SET status = 'cancelled', completed_at = now() \
          WHERE correlation_id = $1 AND ($2::uuid IS NULL OR company_guid = $2) \
@@ -371,6 +373,7 @@ pub async fn cancel(
     .bind(company)
     .fetch_optional(pool)
     .await
+    .map_err(StoreError::from)
 }
 
 /// Finishes a job as failed, unless it already finished. Returns the job as
@@ -398,7 +401,7 @@ pub async fn finish_failed(
 
 /// Open jobs ahead of this one in its shard (queued or processing, submitted
 /// earlier).
-pub async fn open_jobs_ahead(pool: &PgPool, job: &Job) -> Result<i64, sqlx::Error> {
+pub async fn open_jobs_ahead(pool: &PgPool, job: &Job) -> Result<i64, StoreError> {
     sqlx::query_scalar(
         "SELECT count(*) FROM sync_jobs \
          WHERE shard = $1 AND status IN ('queued', 'processing') AND submitted_at < $2",
@@ -407,10 +410,11 @@ pub async fn open_jobs_ahead(pool: &PgPool, job: &Job) -> Result<i64, sqlx::Erro
     .bind(job.submitted_at)
     .fetch_one(pool)
     .await
+    .map_err(StoreError::from)
 }
 
 /// A company's open jobs (queued or processing): (jobs, items).
-pub async fn open_backlog(pool: &PgPool, company: Uuid) -> Result<(i64, i64), sqlx::Error> {
+pub async fn open_backlog(pool: &PgPool, company: Uuid) -> Result<(i64, i64), StoreError> {
     sqlx::query_as(
         "SELECT count(*), coalesce(sum(item_count), 0)::int8 FROM sync_jobs \
          WHERE company_guid = $1 AND status IN ('queued', 'processing')",
@@ -418,6 +422,7 @@ pub async fn open_backlog(pool: &PgPool, company: Uuid) -> Result<(i64, i64), sq
     .bind(company)
     .fetch_one(pool)
     .await
+    .map_err(StoreError::from)
 }
 
 /// Jobs finished per shard within the last `seconds`.
@@ -427,7 +432,8 @@ pub async fn recently_finished_by_shard(
 ) -> Result<Vec<(i32, i64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT shard, count(*) FROM sync_jobs \
-         WHERE completed_at > now() - make_interval(secs => $1) GROUP BY shard",
+         WHERE completed_at > now() - make_interval(secs => $1) AND status <> 'cancelled' \
+         GROUP BY shard",
     )
     .bind(f64::from(seconds))
     .fetch_all(pool)

@@ -15,6 +15,7 @@ mod leases;
 mod push;
 mod reading;
 mod recorder;
+mod router;
 mod smoke;
 mod submit;
 mod tenancy;

@@ -7,7 +7,6 @@ use super::{
     stats::{Latency, Rate},
     BenchError,
 };
-use crate::{app::topology, auth::api_key, config::Settings, store};
 use sqlx::PgPool;
 use std::{
     net::TcpListener,
@@ -15,6 +14,7 @@ use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
+use sync_ingest::{app::topology, auth::api_key, config::Settings, store};
 
 /// A prepared POST: where to, its bearer token if any, the items it
 /// carries, its body.
@@ -76,8 +76,7 @@ impl Stack {
         http_port: Option<u16>,
         ops_port: u16,
     ) -> Result<Child, BenchError> {
-        let exe = std::env::current_exe()?;
-        let mut command = Command::new(exe);
+        let mut command = Command::new(service_binary()?);
         command
             .arg(role)
             .env("DATABASE_URL", &self.settings.database_url)
@@ -153,7 +152,7 @@ impl Stack {
         for (_, ops_port) in &self.workers {
             let url = format!("http://127.0.0.1:{ops_port}/metrics");
             let exposition = reqwest::get(url).await?.error_for_status()?.text().await?;
-            let name = crate::telemetry::metrics::ITEMS_APPLIED;
+            let name = sync_ingest::telemetry::metrics::ITEMS_APPLIED;
             applied.push(super::stats::counter_total(&exposition, name, &[]));
         }
         Ok(applied)
@@ -370,5 +369,23 @@ impl Drop for Stack {
         for (worker, _) in &mut self.workers {
             let _ = worker.kill();
         }
+    }
+}
+
+/// The `sync-ingest` binary the benchmark measures: the one built beside
+/// it (`cargo build --workspace` puts them in one folder).
+fn service_binary() -> Result<std::path::PathBuf, BenchError> {
+    let beside = std::env::current_exe()?.with_file_name("sync-ingest");
+    if beside.is_file() {
+        Ok(beside)
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "no service binary at {} (build the workspace: cargo build --workspace)",
+                beside.display()
+            ),
+        )
+        .into())
     }
 }

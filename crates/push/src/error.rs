@@ -1,8 +1,8 @@
 //! What can go wrong in `push`: before sending (usage and input, exit 2) and
 //! per batch (exit 1).
 
-use crate::store::JobError;
 use std::path::PathBuf;
+use sync_ingest::store::JobError;
 use uuid::Uuid;
 
 /// A problem with the command line or the input files: nothing was sent.
@@ -32,7 +32,7 @@ pub enum PushError {
     #[error("--batch-size {requested} is over the {entity} limit of {limit} items per request")]
     BatchTooLarge {
         requested: usize,
-        entity: crate::domain::Entity,
+        entity: sync_ingest::domain::Entity,
         limit: usize,
     },
     #[error("--url {url}: {reason}")]

@@ -15,10 +15,6 @@ pub use client::JobReport;
 pub use error::{BatchFailure, ItemProblem, PushError};
 pub use summary::{BatchOutcome, Summary};
 
-use crate::{
-    domain::{Entity, Operation},
-    store::{JobError, JobStatus},
-};
 use client::{Client, ClientConfig};
 use futures_util::{stream, StreamExt};
 use progress::{Progress, Reporter};
@@ -30,6 +26,10 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
+};
+use sync_ingest::{
+    domain::{Entity, Operation},
+    store::{JobError, JobStatus},
 };
 
 /// Arguments of `sync-ingest push`.
@@ -276,6 +276,14 @@ async fn submit_and_follow(
     let job = run.client.follow(job).await?;
     match job.status {
         JobStatus::Succeeded => Ok(job),
+        JobStatus::Cancelled => Err(BatchFailure::JobFailed {
+            correlation_id: job.correlation_id,
+            error: JobError {
+                code: "cancelled".into(),
+                message: "the job was cancelled before it was applied".into(),
+                indexes: None,
+            },
+        }),
         _ => Err(BatchFailure::JobFailed {
             correlation_id: job.correlation_id,
             error: job.error.unwrap_or_else(|| JobError {

@@ -6,16 +6,16 @@ use super::{
     error::{BatchFailure, ItemProblem, PushError},
     progress::Progress,
 };
-use crate::{
-    domain::{Entity, Operation},
-    store::{JobError, JobStatus},
-};
 use reqwest::{
     header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE},
     Response, StatusCode,
 };
 use serde::Deserialize;
 use std::{sync::Arc, time::Duration};
+use sync_ingest::{
+    domain::{Entity, Operation},
+    store::{JobError, JobStatus},
+};
 use uuid::Uuid;
 
 /// How long to connect before calling it a network error.

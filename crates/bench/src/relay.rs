@@ -17,12 +17,6 @@ use super::{
     stats::{Latency, Rate},
     BenchError,
 };
-use crate::{
-    config::Settings,
-    domain::Entity,
-    queue::{Publisher, Topology},
-    telemetry::trace::TraceContext,
-};
 use axum::{
     body::Body,
     extract::{Path, State},
@@ -32,6 +26,12 @@ use axum::{
 };
 use futures_util::StreamExt;
 use std::{sync::Arc, thread::JoinHandle, time::Duration};
+use sync_ingest::{
+    config::Settings,
+    domain::Entity,
+    queue::{Publisher, Topology},
+    telemetry::trace::TraceContext,
+};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -196,7 +196,7 @@ pub async fn run(
     let items: usize = messages.iter().map(|m| m.items).sum();
     let mut settings = base.clone();
     settings.queue_prefix = format!("bench_relay_{}", &Uuid::new_v4().simple().to_string()[..10]);
-    let topology = crate::app::topology(&settings);
+    let topology = sync_ingest::app::topology(&settings);
     let relay = Relay::start(&base.amqp_url, topology.clone()).await?;
     let requests = relay.requests(messages);
     broker::settle(broker_pid).await;

@@ -127,7 +127,7 @@ fn piece(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{read_items, Piece};
+    use sync_ingest::domain::{read_items, Piece};
 
     #[test]
     fn batches_go_one_per_tenant_in_turn_until_every_tenant_is_done() {
@@ -152,7 +152,8 @@ mod tests {
         );
         for (tenant, batch) in in_sending_order(&loads) {
             let pieces: Vec<Piece> =
-                read_items(crate::domain::Entity::Pieces, &batch.body, usize::MAX).expect("valid");
+                read_items(sync_ingest::domain::Entity::Pieces, &batch.body, usize::MAX)
+                    .expect("valid");
             assert!(pieces
                 .iter()
                 .all(|p| p.company_guid == loads[tenant].company));

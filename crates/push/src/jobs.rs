@@ -60,7 +60,10 @@ pub async fn run(args: JobsArgs) -> i32 {
 }
 
 async fn list(args: &JobsArgs) -> Result<String, String> {
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(|e| e.to_string())?;
     let url = format!("{}/api/v1/sync/jobs", args.url.trim_end_matches('/'));
     let mut out = String::new();
     let mut shown = 0;

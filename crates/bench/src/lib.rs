@@ -22,13 +22,13 @@ mod relay;
 mod service;
 mod stats;
 
-use crate::config::Settings;
 use cpu::{CpuMeter, CpuPerItem, MachineLoad};
 use drain::{drain, shares_of, DrainRun, DRAIN_PHASES};
 use serde::Serialize;
 use stats::{Latency, Rate, Totals};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use sync_ingest::config::Settings;
 
 /// Arguments of `sync-ingest bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -57,7 +57,7 @@ pub struct BenchArgs {
     pub publish_window: usize,
     /// Channels the raw broker baseline takes turns on (default: as many
     /// as the api publishes on).
-    #[arg(long, default_value_t = crate::queue::publisher::CHANNELS)]
+    #[arg(long, default_value_t = sync_ingest::queue::publisher::CHANNELS)]
     pub publish_channels: usize,
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-report.json")]
@@ -71,7 +71,7 @@ pub struct BenchArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] sync_ingest::store::StoreError),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("broker: {0}")]
@@ -89,7 +89,7 @@ pub enum BenchError {
     #[error("a work queue lock was poisoned")]
     Poisoned,
     #[error("generated data is not a valid batch: {0}")]
-    Data(#[from] crate::domain::BatchError),
+    Data(#[from] sync_ingest::domain::BatchError),
 }
 
 /// Everything one run measured.
@@ -213,7 +213,7 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
     // own stretch of time. Every run starts on an empty broker: the last
     // intake's backlog is removed before the next round; the last round's
     // is kept for 5. the drain.
-    let messages = raw::messages(&loads, &crate::app::topology(&base));
+    let messages = raw::messages(&loads, &sync_ingest::app::topology(&base));
     let broker_pid = cpu::broker_pid();
     let mut broker: Option<raw::BrokerRates> = None;
     let mut raw_publish_runs = Vec::new();
@@ -233,7 +233,7 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
             "bench_raw_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..10]
         );
-        let topology = crate::app::topology(&settings);
+        let topology = sync_ingest::app::topology(&settings);
         let run = raw::broker(
             &base.amqp_url,
             &topology,
@@ -446,7 +446,7 @@ pub struct ServerTime {
 impl ServerTime {
     /// The figures of the submissions answered between two scrapes.
     fn between(before: &str, after: &str) -> Option<ServerTime> {
-        use crate::telemetry::metrics as m;
+        use sync_ingest::telemetry::metrics as m;
         let mean = |name, labels: &[(&str, &str)]| {
             Totals::read(after, name, labels).mean_ms_since(Totals::read(before, name, labels))
         };

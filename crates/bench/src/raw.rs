@@ -8,11 +8,6 @@ use super::{
     stats::Rate,
     BenchError,
 };
-use crate::{
-    domain::{Batch, Entity},
-    queue::{BatchMessage, Topology},
-    store,
-};
 use futures_util::{stream::FuturesUnordered, StreamExt};
 use lapin::{
     options::{
@@ -24,6 +19,11 @@ use lapin::{
 };
 use sqlx::{Acquire, PgPool};
 use std::{sync::Mutex, time::Instant};
+use sync_ingest::{
+    domain::{Batch, Entity},
+    queue::{BatchMessage, Topology},
+    store,
+};
 use uuid::Uuid;
 
 /// Upserts every batch with `store::upsert_batch`, one transaction per

@@ -1,8 +1,8 @@
 //! The end of a push: what happened to every batch, totalled and printed.
 
 use super::{client::JobReport, error::BatchFailure, progress::per_second};
-use crate::domain::Entity;
 use std::{fmt::Write, ops::Range, time::Duration};
+use sync_ingest::domain::Entity;
 
 /// Failed batches listed one by one; the rest are counted.
 const LISTED_FAILURES: usize = 50;
@@ -214,10 +214,8 @@ fn describe(outcome: &BatchOutcome, failure: &BatchFailure) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        push::error::ItemProblem,
-        store::{JobError, JobStatus},
-    };
+    use crate::error::ItemProblem;
+    use sync_ingest::store::{JobError, JobStatus};
     use uuid::Uuid;
 
     fn succeeded(number: usize, items: Range<usize>, inserted: u64) -> BatchOutcome {
