@@ -67,12 +67,6 @@ pub fn topology(settings: &Settings) -> Topology {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
-}
-
 impl Service {
     /// Connects to PostgreSQL (creating and migrating the database), then
     /// starts the listeners and the worker that `mode` asks for. The broker
@@ -81,37 +75,14 @@ impl Service {
         crate::telemetry::prometheus();
         let settings = Arc::new(settings);
         let leases = settings.lease_timing().map_err(StartError::Settings)?;
-        // A worker's sessions carry its id, so that a successor can end them
-        // should it freeze mid-batch; the database ends an idle transaction
-        // of a frozen worker by itself after a lease TTL, too.
         let worker_id = Uuid::now_v7();
-        let sessions = match mode {
-            Mode::Api => Sessions {
-                application_name: "sync-ingest api".into(),
-                idle_in_transaction: None,
-            },
-            Mode::All | Mode::Worker => Sessions {
-                application_name: leases::application_name(worker_id),
-                // The api part of `all` holds a keyed submission's
-                // transaction open across the broker's confirm.
-                idle_in_transaction: Some(if mode == Mode::All {
-                    leases.ttl.max(settings.confirm_timeout() * 2)
-                } else {
-                    leases.ttl
-                }),
-            },
-        };
+        let sessions = sessions(mode, worker_id, leases, &settings);
         let pool =
             store::connect_and_migrate_as(&settings.database_url, POOL_SIZE, &sessions).await?;
         let (membership, membership_view) = watch::channel(worker::Status::default());
-        let name = match mode {
-            Mode::All => "sync-ingest all",
-            Mode::Api => "sync-ingest api",
-            Mode::Worker => "sync-ingest worker results",
-        };
         let publisher = Arc::new(Publisher::new(
             &settings.amqp_url,
-            name,
+            publisher_name(mode),
             topology(&settings),
             settings.confirm_timeout(),
         ));
@@ -124,90 +95,28 @@ impl Service {
             publisher.clone(),
             (mode != Mode::Api).then(|| membership_view.clone()),
         );
-        let stop = CancellationToken::new();
-        let mut tasks = JoinSet::new();
+        let mut parts = Parts {
+            settings: settings.clone(),
+            stop: CancellationToken::new(),
+            tasks: JoinSet::new(),
+        };
         // Background duties shut down with the rest, but nobody waits for
         // them to finish a round.
-        tasks.spawn(retention::run(
+        parts.tasks.spawn(retention::run(
             pool.clone(),
             settings.retention(),
             Duration::from_secs(settings.purge_interval_secs.max(1)),
-            stop.clone(),
+            parts.stop.clone(),
         ));
-        tasks.spawn(crate::telemetry::sample_pool(pool.clone(), stop.clone()));
-        if mode != Mode::Worker {
-            let (bound, mut listening) = tokio::sync::watch::channel(false);
-            tasks.spawn(results::listen(
-                settings.amqp_url.clone(),
-                topology(&settings),
-                state.waiters.clone(),
-                bound,
-                stop.clone(),
-            ));
-            // Serve only once results can be heard, so `Prefer: wait` never
-            // misses an early one; a broker that is down delays start-up by
-            // at most the confirm timeout.
-            let heard = listening.wait_for(|bound| *bound);
-            if tokio::time::timeout(settings.confirm_timeout(), heard)
-                .await
-                .is_err()
-            {
-                tracing::warn!("results listener not bound yet; serving anyway");
-            }
-            tasks.spawn(backlog::run(
-                settings.amqp_url.clone(),
-                topology(&settings),
-                pool.clone(),
-                state.backlog.clone(),
-                stop.clone(),
-            ));
-        }
-
-        let http_addr = if mode == Mode::Worker {
-            None
-        } else {
-            let listener = bind(settings.http_addr).await?;
-            let addr = listener.local_addr().map_err(|source| StartError::Bind {
-                addr: settings.http_addr,
-                source,
-            })?;
-            let limit = api::ConnectionLimit::new(settings.max_connections);
-            serve(
-                &mut tasks,
-                listener,
-                api::public_router(state.clone()),
-                &stop,
-                &settings,
-                Some(limit),
-            );
-            tracing::info!(%addr, "public API listening");
-            Some(addr)
+        let stop = parts.stop.clone();
+        parts
+            .tasks
+            .spawn(crate::telemetry::sample_pool(pool.clone(), stop));
+        let http_addr = match mode {
+            Mode::Worker => None,
+            Mode::All | Mode::Api => Some(parts.start_front(&state).await?),
         };
-        let ops_default = if mode == Mode::Worker {
-            "127.0.0.1:9091"
-        } else {
-            "127.0.0.1:9090"
-        };
-        let ops_wanted = settings
-            .ops_addr
-            .unwrap_or_else(|| ops_default.parse().unwrap_or_else(|_| unreachable!()));
-        let ops_listener = bind(ops_wanted).await?;
-        let ops_addr = ops_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: ops_wanted,
-                source,
-            })?;
-        serve(
-            &mut tasks,
-            ops_listener,
-            api::ops_router(state.clone()),
-            &stop,
-            &settings,
-            None,
-        );
-        tracing::info!(addr = %ops_addr, "operations listener listening");
-
+        let ops_addr = parts.start_ops(mode, &state).await?;
         if mode != Mode::Api {
             let amqp = worker::consumer_uri(&settings.amqp_url, leases.ttl)
                 .map_err(|e| StartError::Settings(format!("invalid AMQP_URL: {e}")))?;
@@ -219,16 +128,11 @@ impl Service {
                 settings.prefetch,
                 leases,
             );
-            tasks.spawn(worker.run(stop.clone(), membership));
-            // Started means joined: the first heartbeat (which claims the
-            // shards) is a database round trip away, and until it went
-            // through `/readyz` rightly says 503.
-            let mut joined = membership_view;
-            let first_beat = joined.wait_for(|status| status.renewed.is_some());
-            if tokio::time::timeout(leases.ttl, first_beat).await.is_err() {
-                tracing::warn!("no heartbeat yet; the worker keeps trying");
-            }
+            parts
+                .start_worker(worker, (membership, membership_view), leases.ttl)
+                .await;
         }
+        let Parts { stop, tasks, .. } = parts;
         Ok(Service {
             http_addr,
             ops_addr,
@@ -268,16 +172,141 @@ impl Service {
     }
 }
 
-fn serve(
-    tasks: &mut JoinSet<()>,
-    listener: TcpListener,
-    router: axum::Router,
-    stop: &CancellationToken,
+/// How a process's database sessions are marked and bounded. A worker's
+/// carry its id, so that a successor can end them should it freeze
+/// mid-batch; the database ends an idle transaction of a frozen worker by
+/// itself after a lease TTL, too.
+fn sessions(
+    mode: Mode,
+    worker_id: Uuid,
+    leases: worker::LeaseTiming,
     settings: &Settings,
-    limit: Option<api::ConnectionLimit>,
-) {
-    let patience = std::time::Duration::from_secs(settings.body_timeout_secs);
-    tasks.spawn(api::serve(listener, router, stop.clone(), patience, limit));
+) -> Sessions {
+    match mode {
+        Mode::Api => Sessions {
+            application_name: "sync-ingest api".into(),
+            idle_in_transaction: None,
+        },
+        // The api part of `all` holds a keyed submission's transaction open
+        // across the broker's confirm.
+        Mode::All => Sessions {
+            application_name: leases::application_name(worker_id),
+            idle_in_transaction: Some(leases.ttl.max(settings.confirm_timeout() * 2)),
+        },
+        Mode::Worker => Sessions {
+            application_name: leases::application_name(worker_id),
+            idle_in_transaction: Some(leases.ttl),
+        },
+    }
+}
+
+fn publisher_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::All => "sync-ingest all",
+        Mode::Api => "sync-ingest api",
+        Mode::Worker => "sync-ingest worker results",
+    }
+}
+
+/// What is being started: the tasks of one process and what stops them.
+struct Parts {
+    settings: Arc<Settings>,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Parts {
+    /// The HTTP front: the results listener, the backlog sampler and the
+    /// public listener; its address.
+    async fn start_front(&mut self, state: &AppState) -> Result<SocketAddr, StartError> {
+        let settings = self.settings.clone();
+        let (bound, mut listening) = watch::channel(false);
+        self.tasks.spawn(results::listen(
+            settings.amqp_url.clone(),
+            topology(&settings),
+            state.waiters.clone(),
+            bound,
+            self.stop.clone(),
+        ));
+        // Serve only once results can be heard, so `Prefer: wait` never
+        // misses an early one; a broker that is down delays start-up by at
+        // most the confirm timeout.
+        let heard = listening.wait_for(|bound| *bound);
+        if tokio::time::timeout(settings.confirm_timeout(), heard)
+            .await
+            .is_err()
+        {
+            tracing::warn!("results listener not bound yet; serving anyway");
+        }
+        self.tasks.spawn(backlog::run(
+            settings.amqp_url.clone(),
+            topology(&settings),
+            state.pool.clone(),
+            state.backlog.clone(),
+            self.stop.clone(),
+        ));
+        let limit = api::ConnectionLimit::new(settings.max_connections);
+        let router = api::public_router(state.clone());
+        let addr = self.listen(settings.http_addr, router, Some(limit)).await?;
+        tracing::info!(%addr, "public API listening");
+        Ok(addr)
+    }
+
+    /// The operations listener (`/metrics`, probes); its address.
+    async fn start_ops(&mut self, mode: Mode, state: &AppState) -> Result<SocketAddr, StartError> {
+        let default = if mode == Mode::Worker {
+            "127.0.0.1:9091"
+        } else {
+            "127.0.0.1:9090"
+        };
+        let wanted = self
+            .settings
+            .ops_addr
+            .unwrap_or_else(|| default.parse().unwrap_or_else(|_| unreachable!()));
+        let addr = self
+            .listen(wanted, api::ops_router(state.clone()), None)
+            .await?;
+        tracing::info!(%addr, "operations listener listening");
+        Ok(addr)
+    }
+
+    /// Serves `router` on `wanted` until the stop; the address it got.
+    async fn listen(
+        &mut self,
+        wanted: SocketAddr,
+        router: axum::Router,
+        limit: Option<api::ConnectionLimit>,
+    ) -> Result<SocketAddr, StartError> {
+        let bind_error = |source| StartError::Bind {
+            addr: wanted,
+            source,
+        };
+        let listener = TcpListener::bind(wanted).await.map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        let patience = Duration::from_secs(self.settings.body_timeout_secs);
+        let served = api::serve(listener, router, self.stop.clone(), patience, limit);
+        self.tasks.spawn(served);
+        Ok(addr)
+    }
+
+    /// Runs `worker`, and returns once it has joined: the first heartbeat
+    /// (which claims the shards) is a database round trip away, and until
+    /// it went through `/readyz` rightly says 503.
+    async fn start_worker(
+        &mut self,
+        worker: Worker,
+        (membership, mut joined): (
+            watch::Sender<worker::Status>,
+            watch::Receiver<worker::Status>,
+        ),
+        ttl: Duration,
+    ) {
+        self.tasks.spawn(worker.run(self.stop.clone(), membership));
+        let first_beat = joined.wait_for(|status| status.renewed.is_some());
+        if tokio::time::timeout(ttl, first_beat).await.is_err() {
+            tracing::warn!("no heartbeat yet; the worker keeps trying");
+        }
+    }
 }
 
 async fn wait_for_signal() {

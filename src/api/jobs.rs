@@ -125,79 +125,104 @@ pub async fn list_jobs(
 /// The filter a query asks for, or every problem with its parameters.
 fn filter(principal: &Principal, query: ListQuery) -> Result<JobFilter, Vec<FieldError>> {
     let mut errors = Vec::new();
-    let mut bad = |field: &str, message: String| {
-        errors.push(FieldError {
-            index: None,
-            field: Some(field.to_owned()),
-            message,
-        });
-    };
-    let mut statuses = Vec::new();
-    for name in query.status.iter().flat_map(|s| s.split(',')) {
-        match JobStatus::ALL
-            .into_iter()
-            .find(|s| s.as_str() == name.trim())
-        {
-            Some(status) => statuses.push(status),
-            None => bad("status", format!("unknown status `{name}`")),
-        }
-    }
-    let entity = query.entity.and_then(|e| {
-        e.parse::<Entity>()
-            .map_err(|error| bad("entity", error.to_string()))
-            .ok()
-    });
-    let operation = query
-        .operation
-        .and_then(|o| o.parse::<Operation>().map_err(|e| bad("operation", e)).ok());
-    let mut instant = |field: &str, text: Option<String>| {
-        let text = text?;
-        DateTime::parse_from_rfc3339(&text)
-            .map(|at| at.with_timezone(&Utc))
-            .map_err(|e| bad(field, format!("must be an RFC 3339 date-time ({e})")))
-            .ok()
-    };
-    let submitted_after = instant("submitted_after", query.submitted_after);
-    let submitted_before = instant("submitted_before", query.submitted_before);
-    let limit = match query.limit.map(|l| l.parse::<u16>()) {
-        None => DEFAULT_LIMIT,
-        Some(Ok(limit)) if (1..=MAX_LIMIT).contains(&limit) => limit,
-        Some(_) => {
-            bad("limit", format!("must be an integer from 1 to {MAX_LIMIT}"));
-            DEFAULT_LIMIT
-        }
-    };
-    let after = query.cursor.and_then(|c| {
-        Cursor::decode(&c)
-            .ok_or_else(|| bad("cursor", "is not a cursor this api gave".into()))
-            .ok()
-    });
-    let company = match query.company_guid.map(|c| Uuid::parse_str(&c)) {
-        None => principal.company,
-        Some(Ok(company)) if company == principal.company || principal.is_system_admin() => company,
-        Some(Ok(_)) => {
-            bad(
-                "company_guid",
-                "only a SystemAdmin may name another company".into(),
-            );
-            principal.company
-        }
-        Some(Err(e)) => {
-            bad("company_guid", format!("must be a UUID ({e})"));
-            principal.company
-        }
-    };
-    if !errors.is_empty() {
+    let mut take = |e: FieldError| errors.push(e);
+    let statuses = statuses(query.status.as_deref()).map_err(&mut take).ok();
+    let entity = parsed("entity", query.entity, |e| {
+        e.parse::<Entity>().map_err(|e| e.to_string())
+    })
+    .map_err(&mut take)
+    .ok();
+    let operation = parsed("operation", query.operation, |o| o.parse::<Operation>())
+        .map_err(&mut take)
+        .ok();
+    let submitted_after = parsed("submitted_after", query.submitted_after, instant)
+        .map_err(&mut take)
+        .ok();
+    let submitted_before = parsed("submitted_before", query.submitted_before, instant)
+        .map_err(&mut take)
+        .ok();
+    let limit = parsed("limit", query.limit, limit).map_err(&mut take).ok();
+    let after = parsed("cursor", query.cursor, |c| {
+        Cursor::decode(&c).ok_or_else(|| "is not a cursor this api gave".to_owned())
+    })
+    .map_err(&mut take)
+    .ok();
+    let company = parsed("company_guid", query.company_guid, |c| {
+        company(principal, &c)
+    })
+    .map_err(&mut take)
+    .ok();
+    // Each is None only where its parameter was refused.
+    let (Some(statuses), Some(entity), Some(operation), Some(after_time)) =
+        (statuses, entity, operation, submitted_after)
+    else {
         return Err(errors);
-    }
+    };
+    let (Some(before_time), Some(limit), Some(after), Some(company)) =
+        (submitted_before, limit, after, company)
+    else {
+        return Err(errors);
+    };
     Ok(JobFilter {
-        company,
+        company: company.unwrap_or(principal.company),
         statuses,
         entity,
         operation,
-        submitted_after,
-        submitted_before,
+        submitted_after: after_time,
+        submitted_before: before_time,
         after,
-        limit,
+        limit: limit.unwrap_or(DEFAULT_LIMIT),
     })
+}
+
+/// An optional parameter read by `read`; a problem is named after `field`.
+fn parsed<T>(
+    field: &str,
+    text: Option<String>,
+    read: impl FnOnce(String) -> Result<T, String>,
+) -> Result<Option<T>, FieldError> {
+    text.map(read).transpose().map_err(|message| FieldError {
+        index: None,
+        field: Some(field.to_owned()),
+        message,
+    })
+}
+
+/// `status`: a comma list of statuses (empty: every status).
+fn statuses(text: Option<&str>) -> Result<Vec<JobStatus>, FieldError> {
+    let names = text.into_iter().flat_map(|s| s.split(','));
+    names
+        .map(|name| {
+            JobStatus::ALL
+                .into_iter()
+                .find(|s| s.as_str() == name.trim())
+                .ok_or_else(|| FieldError {
+                    index: None,
+                    field: Some("status".into()),
+                    message: format!("unknown status `{name}`"),
+                })
+        })
+        .collect()
+}
+
+fn instant(text: String) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(&text)
+        .map(|at| at.with_timezone(&Utc))
+        .map_err(|e| format!("must be an RFC 3339 date-time ({e})"))
+}
+
+fn limit(text: String) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(limit) if (1..=MAX_LIMIT).contains(&limit) => Ok(limit),
+        _ => Err(format!("must be an integer from 1 to {MAX_LIMIT}")),
+    }
+}
+
+/// The company a caller may list: its own, or any for a SystemAdmin.
+fn company(principal: &Principal, text: &str) -> Result<Uuid, String> {
+    match Uuid::parse_str(text) {
+        Ok(company) if company == principal.company || principal.is_system_admin() => Ok(company),
+        Ok(_) => Err("only a SystemAdmin may name another company".into()),
+        Err(e) => Err(format!("must be a UUID ({e})")),
+    }
 }

@@ -7,14 +7,23 @@ use super::{error::Problem, jobs::JobPage, submit::Accepted};
 use crate::{
     config::Settings,
     domain::{fields, Deletion, Entity, Field, FieldError, Item, Operation},
-    store::{Job, JobError, JobStatus},
+    store::{Job, JobError, JobErrorCode, JobStatus},
 };
 use serde_json::{json, Map, Value};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
 #[openapi(components(schemas(
-    Job, JobError, JobStatus, Entity, Operation, Accepted, JobPage, Problem, FieldError
+    Job,
+    JobError,
+    JobErrorCode,
+    JobStatus,
+    Entity,
+    Operation,
+    Accepted,
+    JobPage,
+    Problem,
+    FieldError
 )))]
 struct Components;
 

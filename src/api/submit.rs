@@ -78,19 +78,7 @@ pub async fn submit(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if !principal.can_write() {
-        return Err(ApiError::InsufficientScope);
-    }
-    let entity: Entity = entity
-        .parse()
-        .map_err(|e: crate::domain::UnknownEntity| ApiError::NotFound(e.to_string()))?;
-    let Query(params) = params.map_err(|rejection| {
-        ApiError::Validation(vec![FieldError {
-            index: None,
-            field: Some("dry_run".into()),
-            message: rejection.body_text(),
-        }])
-    })?;
+    let (entity, params) = target(&principal, &entity, params)?;
     require_json(&headers)?;
     let key = prefer::idempotency_key(&headers)?;
     let wait = prefer::wait(&headers);
@@ -124,16 +112,8 @@ pub async fn submit(
     tracing::Span::current().record("correlation_id", tracing::field::display(correlation_id));
     // Registered before publishing, so a quick result cannot slip past.
     let waiter = wait.map(|_| state.waiters.register(correlation_id));
-    // Recording, publishing and (on a failed publish) withdrawing the job run
-    // to the end even if the client hangs up: cut short between the job row
-    // and the confirm, they would leave a job queued forever with no message.
-    let queued = tokio::spawn(
-        queue(state.clone(), principal, key, submission, correlation_id)
-            .instrument(tracing::Span::current()),
-    );
-    let (accepted, replayed) = queued
-        .await
-        .map_err(|e| ApiError::Internal(format!("submission panicked: {e}")))??;
+    let (accepted, replayed) =
+        queue_to_the_end(&state, principal, key, submission, correlation_id).await?;
     let waiter = match waiter {
         Some(waiter) if accepted.job.correlation_id == correlation_id => Some(waiter),
         // A replay waits for the original job.
@@ -141,6 +121,48 @@ pub async fn submit(
         None => None,
     };
     respond(&state, accepted, wait.zip(waiter), replayed).await
+}
+
+/// The entity a submission names and its query, once the caller may write.
+fn target(
+    principal: &Principal,
+    entity: &str,
+    params: Result<Query<SubmitParams>, QueryRejection>,
+) -> Result<(Entity, SubmitParams), ApiError> {
+    if !principal.can_write() {
+        return Err(ApiError::InsufficientScope);
+    }
+    let entity: Entity = entity
+        .parse()
+        .map_err(|e: crate::domain::UnknownEntity| ApiError::NotFound(e.to_string()))?;
+    let Query(params) = params.map_err(|rejection| {
+        ApiError::Validation(vec![FieldError {
+            index: None,
+            field: Some("dry_run".into()),
+            message: rejection.body_text(),
+        }])
+    })?;
+    Ok((entity, params))
+}
+
+/// Queues a submission in a task of its own: recording, publishing and (on
+/// a failed publish) withdrawing the job run to the end even if the client
+/// hangs up. Cut short between the job row and the confirm, they would
+/// leave a job queued for ever with no message.
+async fn queue_to_the_end(
+    state: &AppState,
+    principal: Principal,
+    key: Option<String>,
+    submission: Submission,
+    correlation_id: Uuid,
+) -> Result<(Accepted, bool), ApiError> {
+    let queued = tokio::spawn(
+        queue(state.clone(), principal, key, submission, correlation_id)
+            .instrument(tracing::Span::current()),
+    );
+    queued
+        .await
+        .map_err(|e| ApiError::Internal(format!("submission panicked: {e}")))?
 }
 
 /// Queues a submission, once per idempotency key. Returns (accepted, replayed).

@@ -1,24 +1,20 @@
 //! Publishing with publisher confirms over a long-lived connection.
 //!
-//! The connection and its confirm-mode channels are opened on first use and
-//! reopened after any failure; a publish never waits longer than the
-//! confirm timeout, so a request never hangs on a dead broker.
+//! The confirm-mode channels live in a `deadpool` pool on one connection,
+//! opened on first use and reopened after a failure; a publish never waits
+//! longer than the confirm timeout, so a request never hangs on a dead
+//! broker.
 
 use super::topology::Topology;
 use crate::domain::Entity;
 use crate::telemetry::{metrics as m, trace::TraceContext};
+use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult};
 use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable},
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
 };
-use std::{
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
@@ -42,43 +38,146 @@ pub enum PublishError {
     Unroutable,
 }
 
-struct Link {
-    connection: Connection,
-    channels: Vec<Channel>,
+/// A confirm-mode channel, and which of the manager's connections it is on.
+pub struct ConfirmChannel {
+    channel: Channel,
+    generation: u64,
 }
 
-impl Link {
-    fn healthy(&self) -> bool {
-        self.connection.status().connected() && self.channels.iter().all(|c| c.status().connected())
+/// The connection the channels share, numbered so that a failure is pinned
+/// on the connection that failed, never on a newer one.
+#[derive(Default)]
+struct Link {
+    connection: Option<Connection>,
+    generation: u64,
+    last_failure: Option<Instant>,
+}
+
+/// Opens confirm-mode channels on one shared connection (declaring the
+/// topology on each new connection) and recycles only those still open.
+pub struct Channels {
+    url: String,
+    name: String,
+    topology: Topology,
+    link: Mutex<Link>,
+}
+
+impl Channels {
+    /// Forgets connection `generation` if it is still the current one, so
+    /// that the next channel opens a new connection; the old one is closed
+    /// in the background, since a failing broker may be slow to answer.
+    async fn forget(&self, generation: u64, timeout: Duration) {
+        let mut link = self.link.lock().await;
+        if link.generation != generation {
+            return;
+        }
+        if let Some(connection) = link.connection.take() {
+            tokio::spawn(async move {
+                let closing = connection.close(200, "reconnecting".into());
+                let _ = tokio::time::timeout(timeout, closing).await;
+            });
+        }
+    }
+
+    async fn connect(&self) -> Result<Connection, lapin::Error> {
+        let properties =
+            ConnectionProperties::default().with_connection_name(self.name.clone().into());
+        let connection = Connection::connect(&self.url, properties).await?;
+        let setup = connection.create_channel().await?;
+        self.topology.declare(&setup).await?;
+        let _ = setup.close(200, "declared".into()).await;
+        tracing::info!(publisher = %self.name, "connected to the broker");
+        Ok(connection)
     }
 }
 
-#[derive(Default)]
-struct LinkState {
-    link: Option<Arc<Link>>,
-    last_failure: Option<Instant>,
+impl managed::Manager for Channels {
+    type Type = ConfirmChannel;
+    type Error = lapin::Error;
+
+    async fn create(&self) -> Result<ConfirmChannel, lapin::Error> {
+        let mut link = self.link.lock().await;
+        if !link
+            .connection
+            .as_ref()
+            .is_some_and(|c| c.status().connected())
+        {
+            if link
+                .last_failure
+                .is_some_and(|at| at.elapsed() < RECONNECT_PAUSE)
+            {
+                return Err(lapin::ErrorKind::InvalidConnectionState(
+                    lapin::ConnectionState::Closed,
+                )
+                .into());
+            }
+            match self.connect().await {
+                Ok(connection) => {
+                    link.connection = Some(connection);
+                    link.generation += 1;
+                    link.last_failure = None;
+                }
+                Err(error) => {
+                    tracing::warn!(publisher = %self.name, %error, "cannot connect to the broker");
+                    link.last_failure = Some(Instant::now());
+                    return Err(error);
+                }
+            }
+        }
+        let Some(connection) = &link.connection else {
+            unreachable!("a connection was just opened");
+        };
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(ConfirmChannel {
+            channel,
+            generation: link.generation,
+        })
+    }
+
+    async fn recycle(
+        &self,
+        pooled: &mut ConfirmChannel,
+        _: &Metrics,
+    ) -> RecycleResult<lapin::Error> {
+        if pooled.channel.status().connected() {
+            Ok(())
+        } else {
+            Err(RecycleError::message("channel closed"))
+        }
+    }
 }
 
 /// Publishes batches and results with confirms.
 pub struct Publisher {
-    url: String,
-    name: String,
     topology: Topology,
     confirm_timeout: Duration,
-    state: Mutex<LinkState>,
-    next_channel: AtomicUsize,
+    channels: managed::Pool<Channels>,
 }
 
 impl Publisher {
     /// A publisher for `url`; nothing is opened until first use.
     pub fn new(url: &str, name: &str, topology: Topology, confirm_timeout: Duration) -> Self {
-        Publisher {
+        let manager = Channels {
             url: url.to_owned(),
             name: name.to_owned(),
+            topology: topology.clone(),
+            link: Mutex::new(Link::default()),
+        };
+        let channels = managed::Pool::builder(manager)
+            .max_size(CHANNELS)
+            .runtime(deadpool::Runtime::Tokio1)
+            .wait_timeout(Some(confirm_timeout))
+            .create_timeout(Some(confirm_timeout))
+            .recycle_timeout(Some(confirm_timeout))
+            .build()
+            .unwrap_or_else(|e| unreachable!("a pool with a runtime always builds: {e}"));
+        Publisher {
             topology,
             confirm_timeout,
-            state: Mutex::new(LinkState::default()),
-            next_channel: AtomicUsize::new(0),
+            channels,
         }
     }
 
@@ -87,76 +186,28 @@ impl Publisher {
         &self.topology
     }
 
-    async fn open(&self) -> Result<Link, lapin::Error> {
-        let properties =
-            ConnectionProperties::default().with_connection_name(self.name.clone().into());
-        let connection = Connection::connect(&self.url, properties).await?;
-        let mut channels = Vec::with_capacity(CHANNELS);
-        for _ in 0..CHANNELS {
-            let channel = connection.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            channels.push(channel);
-        }
-        self.topology.declare(&channels[0]).await?;
-        Ok(Link {
-            connection,
-            channels,
+    /// A confirm-mode channel, from the pool or newly opened.
+    async fn channel(&self) -> Result<Object<Channels>, PublishError> {
+        self.channels.get().await.map_err(|error| match error {
+            PoolError::Backend(e) => PublishError::Unavailable(e.to_string()),
+            PoolError::Timeout(_) => PublishError::Unavailable("connect timed out".into()),
+            other => PublishError::Unavailable(other.to_string()),
         })
     }
 
-    async fn link(&self) -> Result<Arc<Link>, PublishError> {
-        let mut state = self.state.lock().await;
-        if let Some(link) = &state.link {
-            if link.healthy() {
-                return Ok(link.clone());
-            }
-            state.link = None;
-        }
-        if let Some(at) = state.last_failure {
-            if at.elapsed() < RECONNECT_PAUSE {
-                return Err(PublishError::Unavailable("reconnecting".into()));
-            }
-        }
-        match tokio::time::timeout(self.confirm_timeout, self.open()).await {
-            Ok(Ok(link)) => {
-                let link = Arc::new(link);
-                state.link = Some(link.clone());
-                state.last_failure = None;
-                tracing::info!(publisher = %self.name, "connected to the broker");
-                Ok(link)
-            }
-            Ok(Err(e)) => {
-                state.last_failure = Some(Instant::now());
-                tracing::warn!(publisher = %self.name, error = %e, "cannot connect to the broker");
-                Err(PublishError::Unavailable(e.to_string()))
-            }
-            Err(_) => {
-                state.last_failure = Some(Instant::now());
-                Err(PublishError::Unavailable("connect timed out".into()))
-            }
-        }
-    }
-
-    /// Forgets the current connection so the next publish opens a new one.
-    /// The old one is closed in the background: a broker that is failing
-    /// may take long to answer the close, and every publish and readiness
-    /// check would queue behind it on the state lock.
-    async fn drop_link(&self) {
-        let Some(link) = self.state.lock().await.link.take() else {
-            return;
-        };
-        let timeout = self.confirm_timeout;
-        tokio::spawn(async move {
-            let closing = link.connection.close(200, "reconnecting".into());
-            let _ = tokio::time::timeout(timeout, closing).await;
-        });
+    /// Takes a channel that failed out of the pool, and with it its
+    /// connection, which is suspect: the next channel opens a new one.
+    async fn discard(&self, channel: Object<Channels>) {
+        let failed = Object::take(channel);
+        let manager = self.channels.manager();
+        manager
+            .forget(failed.generation, self.confirm_timeout)
+            .await;
     }
 
     /// True when the broker is reachable (connecting now if needed).
     pub async fn is_ready(&self) -> bool {
-        self.link().await.is_ok()
+        self.channel().await.is_ok()
     }
 
     /// Publishes `body` persistently and mandatorily, and waits for the
@@ -170,63 +221,28 @@ impl Publisher {
         body: Vec<u8>,
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
-        let link = self.link().await?;
-        let index = self.next_channel.fetch_add(1, Ordering::Relaxed) % link.channels.len();
-        let channel = &link.channels[index];
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
+        let pooled = self.channel().await?;
         let properties = properties
             .with_delivery_mode(2)
             .with_content_type("application/json".into());
         let started = Instant::now();
-        let confirmed = tokio::time::timeout(self.confirm_timeout, async move {
-            let confirm = channel
-                .basic_publish(
-                    exchange.into(),
-                    routing_key.into(),
-                    options,
-                    &body,
-                    properties,
-                )
-                .await?;
-            drop(body);
-            confirm.await
-        })
-        .await;
-        let outcome = match &confirmed {
-            Ok(Ok(Confirmation::Ack(None))) => "ack",
-            Ok(Ok(Confirmation::Ack(Some(_)))) => "returned",
-            Ok(Ok(Confirmation::Nack(_))) => "nack",
-            Ok(Ok(Confirmation::NotRequested)) | Ok(Err(_)) => "error",
-            Err(_) => "timeout",
-        };
-        metrics::histogram!(m::PUBLISH_CONFIRM, "outcome" => outcome)
-            .record(started.elapsed().as_secs_f64());
-        if outcome != "ack" {
-            metrics::counter!(m::PUBLISH_FAILURES, "reason" => outcome).increment(1);
-        }
-        match confirmed {
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(_)))) => Err(PublishError::Unroutable),
-            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Rejected),
+        let sent = send(&pooled.channel, exchange, routing_key, body, properties);
+        let confirmed = tokio::time::timeout(self.confirm_timeout, sent).await;
+        record_confirm(&confirmed, started);
+        let failed = match confirmed {
+            Ok(Ok(Confirmation::Ack(None))) => return Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(_)))) => return Err(PublishError::Unroutable),
+            Ok(Ok(Confirmation::Nack(_))) => return Err(PublishError::Rejected),
             Ok(Ok(Confirmation::NotRequested)) => {
-                self.drop_link().await;
-                Err(PublishError::Unavailable(
-                    "channel lost confirm mode".into(),
-                ))
+                PublishError::Unavailable("channel lost confirm mode".into())
             }
-            Ok(Err(e)) => {
-                self.drop_link().await;
-                Err(PublishError::Unavailable(e.to_string()))
-            }
-            Err(_) => {
-                // A channel that does not confirm in time is suspect; start afresh.
-                self.drop_link().await;
-                Err(PublishError::Timeout(self.confirm_timeout))
-            }
-        }
+            Ok(Err(e)) => PublishError::Unavailable(e.to_string()),
+            // A channel that does not confirm in time is suspect, and so is
+            // its connection.
+            Err(_) => PublishError::Timeout(self.confirm_timeout),
+        };
+        self.discard(pooled).await;
+        Err(failed)
     }
 
     /// Publishes a batch to its shard's request queue.
@@ -288,6 +304,52 @@ impl Publisher {
             Err(PublishError::Unroutable) => Ok(()),
             other => other,
         }
+    }
+}
+
+/// Publishes `body` on `channel`, mandatory, and waits for the confirm.
+/// `body` is dropped once handed to the connection: a batch is hundreds of
+/// KiB, and it need not wait for the confirm in memory twice.
+async fn send(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: Vec<u8>,
+    properties: BasicProperties,
+) -> Result<Confirmation, lapin::Error> {
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            options,
+            &body,
+            properties,
+        )
+        .await?;
+    drop(body);
+    confirm.await
+}
+
+/// How long the confirm took, by outcome, and the failures by reason.
+fn record_confirm(
+    confirmed: &Result<Result<Confirmation, lapin::Error>, tokio::time::error::Elapsed>,
+    started: Instant,
+) {
+    let outcome = match confirmed {
+        Ok(Ok(Confirmation::Ack(None))) => "ack",
+        Ok(Ok(Confirmation::Ack(Some(_)))) => "returned",
+        Ok(Ok(Confirmation::Nack(_))) => "nack",
+        Ok(Ok(Confirmation::NotRequested)) | Ok(Err(_)) => "error",
+        Err(_) => "timeout",
+    };
+    metrics::histogram!(m::PUBLISH_CONFIRM, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+    if outcome != "ack" {
+        metrics::counter!(m::PUBLISH_FAILURES, "reason" => outcome).increment(1);
     }
 }
 

@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use lapin::{
     options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
-    Connection, ConnectionProperties,
+    Connection, ConnectionProperties, Consumer,
 };
 use std::{
     collections::HashMap,
@@ -127,20 +127,42 @@ async fn listen_once(
     let properties =
         ConnectionProperties::default().with_connection_name("sync-ingest api results".into());
     let connection = Connection::connect(url, properties).await?;
+    let mut consumer = subscribe(&connection, topology).await?;
+    // Results published while we were away are not replayed: every waiting
+    // request reads its job row once now, and again when its wait ends.
+    bound.send_replace(true);
+    waiters.notify_all();
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => break,
+            next = consumer.next() => next,
+        };
+        let delivery = match next {
+            Some(delivery) => delivery?,
+            None => break,
+        };
+        let id = delivery.properties.correlation_id().as_ref();
+        if let Some(id) = id.and_then(|id| Uuid::parse_str(id.as_str()).ok()) {
+            waiters.notify(id);
+        }
+    }
+    let _ = connection.close(200, "stopping".into()).await;
+    Ok(())
+}
+
+/// A consumer of every result, on a queue of this connection's own.
+async fn subscribe(connection: &Connection, topology: &Topology) -> Result<Consumer, lapin::Error> {
     let channel = connection.create_channel().await?;
     topology.declare(&channel).await?;
     // Server-named, exclusive, auto-delete: it lives exactly as long as this
     // connection, so no api instance leaves a queue behind.
+    let private = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
     let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("".into(), private, FieldTable::default())
         .await?;
     channel
         .queue_bind(
@@ -151,41 +173,16 @@ async fn listen_once(
             FieldTable::default(),
         )
         .await?;
-    let mut consumer = channel
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    channel
         .basic_consume(
             queue.name().clone(),
             "api-results".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
+            no_ack,
             FieldTable::default(),
         )
-        .await?;
-    // Results published while we were away are not replayed: every waiting
-    // request reads its job row once now, and again when its wait ends.
-    bound.send_replace(true);
-    waiters.notify_all();
-    loop {
-        let next = tokio::select! {
-            _ = stop.cancelled() => break,
-            next = consumer.next() => next,
-        };
-        match next {
-            Some(Ok(delivery)) => {
-                if let Some(id) = delivery
-                    .properties
-                    .correlation_id()
-                    .as_ref()
-                    .and_then(|id| Uuid::parse_str(id.as_str()).ok())
-                {
-                    waiters.notify(id);
-                }
-            }
-            Some(Err(e)) => return Err(e),
-            None => break,
-        }
-    }
-    let _ = connection.close(200, "stopping".into()).await;
-    Ok(())
+        .await
 }

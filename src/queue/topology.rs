@@ -125,90 +125,80 @@ impl Topology {
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        channel
-            .exchange_declare(
-                self.dead().into(),
-                ExchangeKind::Fanout,
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
-        for queue in [self.dead(), self.dead_jobs()] {
-            let mut dead_args = FieldTable::default();
-            dead_args.insert("x-queue-type".into(), long_string("quorum"));
+        let exchanges = [
+            (self.dead(), ExchangeKind::Fanout),
+            (self.requests_exchange(), ExchangeKind::Direct),
+            (self.results(), ExchangeKind::Topic),
+        ];
+        for (exchange, kind) in exchanges {
             channel
-                .queue_declare(queue.as_str().into(), queue_options, dead_args)
+                .exchange_declare(exchange.into(), kind, durable, FieldTable::default())
+                .await?;
+        }
+        for bound in self.bound_queues() {
+            channel
+                .queue_declare(bound.queue.as_str().into(), queue_options, bound.arguments)
                 .await?;
             channel
                 .queue_bind(
-                    queue.into(),
-                    self.dead().into(),
-                    "".into(),
+                    bound.queue.into(),
+                    bound.exchange.into(),
+                    bound.key.into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )
                 .await?;
         }
-
-        channel
-            .exchange_declare(
-                self.requests_exchange().into(),
-                ExchangeKind::Direct,
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
-        for shard in 0..self.shards {
-            channel
-                .queue_declare(
-                    self.request_queue(shard).into(),
-                    queue_options,
-                    self.request_queue_arguments(),
-                )
-                .await?;
-            channel
-                .queue_bind(
-                    self.request_queue(shard).into(),
-                    self.requests_exchange().into(),
-                    shard.to_string().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
-
-        channel
-            .exchange_declare(
-                self.results().into(),
-                ExchangeKind::Topic,
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
-        let mut results_args = FieldTable::default();
-        results_args.insert(
-            "x-message-ttl".into(),
-            AMQPValue::LongLongInt(i64::try_from(self.results_ttl_ms).unwrap_or(i64::MAX)),
-        );
-        results_args.insert(
-            "x-max-length".into(),
-            AMQPValue::LongLongInt(i64::try_from(self.results_max_length).unwrap_or(i64::MAX)),
-        );
-        results_args.insert("x-overflow".into(), long_string("drop-head"));
-        channel
-            .queue_declare(self.results().into(), queue_options, results_args)
-            .await?;
-        channel
-            .queue_bind(
-                self.results().into(),
-                self.results().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
         Ok(())
     }
+
+    /// Every queue with its arguments, and the exchange and key that bind it.
+    fn bound_queues(&self) -> Vec<BoundQueue> {
+        let dead_letters = |queue: String| BoundQueue {
+            queue,
+            arguments: quorum(),
+            exchange: self.dead(),
+            key: String::new(),
+        };
+        let mut queues = vec![dead_letters(self.dead()), dead_letters(self.dead_jobs())];
+        queues.extend((0..self.shards).map(|shard| BoundQueue {
+            queue: self.request_queue(shard),
+            arguments: self.request_queue_arguments(),
+            exchange: self.requests_exchange(),
+            key: shard.to_string(),
+        }));
+        queues.push(BoundQueue {
+            queue: self.results(),
+            arguments: self.results_queue_arguments(),
+            exchange: self.results(),
+            key: "#".into(),
+        });
+        queues
+    }
+
+    /// The results queue: a bounded buffer, oldest dropped first.
+    fn results_queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        let long = |n: u64| AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX));
+        args.insert("x-message-ttl".into(), long(self.results_ttl_ms));
+        args.insert("x-max-length".into(), long(self.results_max_length));
+        args.insert("x-overflow".into(), long_string("drop-head"));
+        args
+    }
+}
+
+/// A queue as declared, and its one binding.
+struct BoundQueue {
+    queue: String,
+    arguments: FieldTable,
+    exchange: String,
+    key: String,
+}
+
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), long_string("quorum"));
+    args
 }
 
 fn long_string(s: &str) -> AMQPValue {

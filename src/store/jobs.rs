@@ -52,10 +52,44 @@ impl JobStatus {
     }
 }
 
+/// Why a job failed: the codes of SPEC §5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobErrorCode {
+    /// A GUID or reference owned by another company.
+    CompanyAccessViolation,
+    /// The queued message could not be read.
+    InvalidMessage,
+    /// The batch failed on every allowed attempt.
+    RetriesExhausted,
+    /// A code this build does not know, as a client of a newer server
+    /// reads it; never written.
+    #[serde(other)]
+    Unknown,
+}
+
+impl JobErrorCode {
+    /// The stored and answered spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobErrorCode::CompanyAccessViolation => "company_access_violation",
+            JobErrorCode::InvalidMessage => "invalid_message",
+            JobErrorCode::RetriesExhausted => "retries_exhausted",
+            JobErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for JobErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a job failed, as shown to its owner. Never names another tenant's data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobError {
-    pub code: String,
+    pub code: JobErrorCode,
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub indexes: Option<Vec<usize>>,
@@ -65,7 +99,7 @@ impl JobError {
     /// Some items use GUIDs or references owned by another company.
     pub fn company_access_violation(indexes: Vec<usize>) -> Self {
         JobError {
-            code: "company_access_violation".into(),
+            code: JobErrorCode::CompanyAccessViolation,
             message: "items use GUIDs or references that belong to another company".into(),
             indexes: Some(indexes),
         }
@@ -74,7 +108,7 @@ impl JobError {
     /// The queued message could not be read.
     pub fn invalid_message(reason: &str) -> Self {
         JobError {
-            code: "invalid_message".into(),
+            code: JobErrorCode::InvalidMessage,
             message: format!("the queued message could not be read: {reason}"),
             indexes: None,
         }
@@ -83,7 +117,7 @@ impl JobError {
     /// The batch failed on every allowed attempt.
     pub fn retries_exhausted(attempts: u32) -> Self {
         JobError {
-            code: "retries_exhausted".into(),
+            code: JobErrorCode::RetriesExhausted,
             message: format!("the batch could not be applied after {attempts} attempts"),
             indexes: None,
         }

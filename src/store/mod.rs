@@ -10,7 +10,7 @@ pub mod leases;
 mod recorder;
 
 pub use entities::{find_foreign_references, upsert_batch, UpsertOutcome};
-pub use jobs::{Job, JobError, JobStatus, NewJob};
+pub use jobs::{Job, JobError, JobErrorCode, JobStatus, NewJob};
 pub use recorder::{JobRecorder, RecordError};
 
 use sqlx::{

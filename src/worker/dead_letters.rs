@@ -4,7 +4,7 @@
 //! delivery limit dead-lettered it ends as `retries_exhausted`. The copy in
 //! `{prefix}.dead` stays for operators.
 
-use super::consume::Worker;
+use super::context::Worker;
 use super::delivery::{correlation_id, next_delivery, settle, trace_context, Disposition};
 use super::shard::{close, close_then_drop};
 use crate::queue::reconnect::until_done;

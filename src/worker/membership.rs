@@ -10,7 +10,7 @@
 //! next owner, which subscribes only once it has claimed the lease, finds
 //! the shard's messages in order.
 
-use super::consume::Worker;
+use super::context::Worker;
 use super::plan;
 use super::shard::{self, ShardEnd};
 use super::status::Status;

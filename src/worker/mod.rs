@@ -4,8 +4,11 @@
 
 mod apply;
 mod consume;
+mod context;
 mod dead_letters;
 mod delivery;
+mod finish;
+mod lifecycle;
 mod membership;
 mod plan;
 mod retry;
@@ -13,5 +16,5 @@ mod shard;
 mod status;
 
 pub use apply::{apply_batch, Outcome};
-pub use consume::{consumer_uri, LeaseTiming, Worker};
+pub use context::{consumer_uri, LeaseTiming, Worker};
 pub use status::Status;

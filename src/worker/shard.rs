@@ -1,7 +1,7 @@
 //! One shard's consumer, run only while this worker holds the shard's lease:
 //! its own connection, one delivery at a time, strictly in order.
 
-use super::consume::Worker;
+use super::context::Worker;
 use super::delivery::{next_delivery, settle, Disposition};
 use crate::queue::reconnect::until_done;
 use crate::store::leases::Fence;

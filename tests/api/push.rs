@@ -386,6 +386,20 @@ async fn a_refused_token_stops_the_push_after_the_first_batch() {
     assert!(run.stdout.contains("2 batches not sent"), "{run}");
 }
 
+/// `sync-ingest push` of `file`'s pieces in batches of 10, running in the
+/// background while the test changes the service under it.
+fn push_in_batches_of_10(
+    app: &TestApp,
+    token: String,
+    file: &InputFile,
+) -> tokio::task::JoinHandle<PushRun> {
+    let (base, path) = (app.base.clone(), file.path().to_owned());
+    tokio::spawn(async move {
+        let args = ["--entity", "pieces", "--batch-size", "10", path.as_str()];
+        push_to(&base, &token, &args, None).await
+    })
+}
+
 #[tokio::test]
 async fn push_resumes_after_503_without_queueing_any_batch_twice() {
     let gate = BrokerGate::closed().await;
@@ -393,18 +407,7 @@ async fn push_resumes_after_503_without_queueing_any_batch_twice() {
     let company = company();
     let token = app.writer(company).await;
     let file = InputFile::ndjson(&pieces(company, 20));
-    let base = app.base.clone();
-    let args = [
-        "--entity".to_owned(),
-        "pieces".to_owned(),
-        "--batch-size".to_owned(),
-        "10".to_owned(),
-        file.path().to_owned(),
-    ];
-    let running = tokio::spawn(async move {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        push_to(&base, &token, &args, None).await
-    });
+    let running = push_in_batches_of_10(&app, token, &file);
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     gate.open();
@@ -451,18 +454,7 @@ async fn push_waits_out_company_backlog_full_and_resumes_once_the_backlog_drains
     }
 
     let file = InputFile::ndjson(&pieces(company, 30));
-    let base = app.base.clone();
-    let args = [
-        "--entity".to_owned(),
-        "pieces".to_owned(),
-        "--batch-size".to_owned(),
-        "10".to_owned(),
-        file.path().to_owned(),
-    ];
-    let running = tokio::spawn(async move {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        push_to(&base, &token, &args, None).await
-    });
+    let running = push_in_batches_of_10(&app, token, &file);
     // Refused (and told to retry after 2 s) until a worker drains the
     // company's backlog.
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -196,65 +196,90 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
         "bench: {items} pieces (~{sample_bytes} B each), batches of {batch_size}, {} tenants, {} shards",
         args.tenants, base.shards
     );
+    let broker_pid = cpu::broker_pid();
+    let raw_db = raw_database(&args, &base, &loads).await?;
+    let (rounds, backlog) = rounds(&args, &base, &loads, broker_pid).await?;
+    let drained = drains(&args, &base, &loads, backlog, (raw_db, broker_pid)).await?;
+    let (drains, worker_rss) = drained;
+    let end_to_end = end_to_end(&args, &base, &loads, broker_pid).await?;
+    let report = Report::of(Measured {
+        args: &args,
+        shards: base.shards,
+        items,
+        batch_size,
+        approx_item_bytes: sample_bytes,
+        raw_db,
+        rounds,
+        drains,
+        worker_rss,
+        end_to_end,
+    });
+    let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+    std::fs::write(&args.report, &json)?;
+    Ok(report)
+}
 
-    // 1. Raw database.
-    let stack = service::Stack::new(&base, "rawdb").await?;
+/// 1. The worker's own upsert statement, straight to the database.
+async fn raw_database(
+    args: &BenchArgs,
+    base: &Settings,
+    loads: &[data::TenantLoad],
+) -> Result<Rate, BenchError> {
+    let stack = service::Stack::new(base, "rawdb").await?;
     let connections = args.db_connections.unwrap_or(usize::from(base.shards));
-    let raw_db = raw::database(&stack.pool, &loads, connections).await?;
+    let raw_db = raw::database(&stack.pool, loads, connections).await?;
     stack.teardown().await;
     eprintln!(
         "bench: raw db upsert      {:>9.0} items/s",
         raw_db.items_per_sec
     );
+    Ok(raw_db)
+}
 
-    // 2.–4. Raw broker, relay and intake, in rounds: one run of each per
-    // round, so that all three meet the broker in the same states (it is
-    // faster in some seconds than in others) rather than each phase in its
-    // own stretch of time. Every run starts on an empty broker: the last
-    // intake's backlog is removed before the next round; the last round's
-    // is kept for 5. the drain.
-    let messages = raw::messages(&loads, &sync_ingest::app::topology(&base));
-    let broker_pid = cpu::broker_pid();
+/// What the rounds of the raw publish, the relay and intake measured: the
+/// best run of each, and every run's rate.
+struct Rounds {
+    broker: raw::BrokerRates,
+    raw_publish_runs: Vec<f64>,
+    relay: relay::RelayRun,
+    relay_runs: Vec<f64>,
+    intake: Intake,
+    intake_runs: Vec<f64>,
+    /// The peak of every intake run: the figure is a bound.
+    api_rss: Option<u64>,
+}
+
+/// 2.–4. Raw broker, relay and intake, in rounds: one run of each per
+/// round, so that all three meet the broker in the same states (it is
+/// faster in some seconds than in others) rather than each phase in its own
+/// stretch of time. Every run starts on an empty broker: the last intake's
+/// backlog is removed before the next round; the last round's stack is
+/// returned, its backlog queued for the drain.
+async fn rounds(
+    args: &BenchArgs,
+    base: &Settings,
+    loads: &[data::TenantLoad],
+    broker_pid: Option<u32>,
+) -> Result<(Rounds, service::Stack), BenchError> {
+    let messages = raw::messages(loads, &sync_ingest::app::topology(base));
     let mut broker: Option<raw::BrokerRates> = None;
-    let mut raw_publish_runs = Vec::new();
+    let (mut raw_publish_runs, mut relay_runs, mut intake_runs) = (vec![], vec![], vec![]);
     let mut relay: Option<relay::RelayRun> = None;
-    let mut relay_runs = Vec::new();
     let mut last: Option<service::Stack> = None;
     let mut best: Option<Intake> = None;
-    let mut intake_runs = Vec::new();
     let mut api_rss = None;
     for _ in 0..ROUNDS {
         if let Some(earlier) = last.take() {
             earlier.teardown().await;
         }
-        // Fresh queues each run, named apart from any running service's.
-        let mut settings = base.clone();
-        settings.queue_prefix = format!(
-            "bench_raw_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..10]
-        );
-        let topology = sync_ingest::app::topology(&settings);
-        let run = raw::broker(
-            &base.amqp_url,
-            &topology,
-            &messages,
-            (args.publish_channels, args.publish_window),
-            broker_pid,
-        )
-        .await?;
-        eprintln!(
-            "bench: raw broker publish  {:>9.0} items/s; {}",
-            run.publish.items_per_sec,
-            cpu::describe_phase(&run.publish_cpu, run.publish_load)
-        );
+        let run = raw_publish(args, base, &messages, broker_pid).await?;
         raw_publish_runs.push(run.publish.items_per_sec);
         broker = Some(match broker {
             Some(best) => best.best_with(run),
             None => run,
         });
-
         // 3. Relay, the raw publish's messages through HTTP and nothing else.
-        let run = relay::run(&base, &messages, args.concurrency, broker_pid).await?;
+        let run = relay::run(base, &messages, args.concurrency, broker_pid).await?;
         eprintln!(
             "bench: relay              {:>9.0} items/s (p50 {:.1} ms, p99 {:.1} ms); {}",
             run.rate.items_per_sec,
@@ -264,65 +289,99 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
         );
         relay_runs.push(run.rate.items_per_sec);
         relay = Some(faster(relay, run, |r| r.rate.items_per_sec));
-
         // 4. Intake, on a stack of its own.
-        let (stack, run) = intake_run(&base, &loads, args.concurrency, broker_pid).await?;
+        let (stack, run) = intake_run(base, loads, args.concurrency, broker_pid).await?;
         last = Some(stack);
         intake_runs.push(run.rate.items_per_sec);
-        // The peak of every run: the figure is a bound.
         api_rss = api_rss.max(run.api_rss);
         best = Some(faster(best, run, |r| r.rate.items_per_sec));
     }
-    drop(messages);
-    let broker = broker.expect("at least one round");
-    let relay = relay.expect("at least one round");
-    eprintln!(
-        "bench: raw broker publish  {:>9.0} items/s (best of {}), consume {:.0} items/s; {}",
-        broker.publish.items_per_sec,
-        rates(&raw_publish_runs),
-        broker.consume.items_per_sec,
-        cpu::describe_phase(&broker.publish_cpu, broker.publish_load)
+    let rounds = Rounds {
+        broker: broker.expect("at least one round"),
+        raw_publish_runs,
+        relay: relay.expect("at least one round"),
+        relay_runs,
+        intake: best.expect("at least one round"),
+        intake_runs,
+        api_rss,
+    };
+    rounds.print();
+    Ok((rounds, last.expect("at least one round")))
+}
+
+/// One raw publish of `messages` (phase 2), on fresh queues named apart
+/// from any running service's.
+async fn raw_publish(
+    args: &BenchArgs,
+    base: &Settings,
+    messages: &[raw::RawMessage],
+    broker_pid: Option<u32>,
+) -> Result<raw::BrokerRates, BenchError> {
+    let mut settings = base.clone();
+    settings.queue_prefix = format!(
+        "bench_raw_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
     );
+    let topology = sync_ingest::app::topology(&settings);
+    let window = (args.publish_channels, args.publish_window);
+    let run = raw::broker(&base.amqp_url, &topology, messages, window, broker_pid).await?;
     eprintln!(
-        "bench: relay best         {:>9.0} items/s (of {})",
-        relay.rate.items_per_sec,
-        rates(&relay_runs)
+        "bench: raw broker publish  {:>9.0} items/s; {}",
+        run.publish.items_per_sec,
+        cpu::describe_phase(&run.publish_cpu, run.publish_load)
     );
-    let by_round: Vec<String> = intake_runs
-        .iter()
-        .zip(&raw_publish_runs)
-        .map(|(intake, raw)| format!("{:.2}", intake / raw))
-        .collect();
-    eprintln!(
-        "bench: intake / raw publish by round: {}",
-        by_round.join(", ")
-    );
-    let stack = last.expect("at least one round");
-    let best_intake = best.expect("at least one round");
-    eprintln!(
-        "bench: intake best        {:>9.0} items/s (of {})",
-        best_intake.rate.items_per_sec,
-        rates(&intake_runs)
-    );
-    let Intake {
-        rate: intake,
-        latency: intake_latency,
-        time: intake_server_time,
-        cpu: intake_cpu,
-        load: intake_load,
-        ..
-    } = best_intake;
-    // 5. Drain: the last intake's backlog with one worker, then a backlog
-    // of its own (queued by an unmeasured intake) with each larger number
-    // of workers, all started at once: they split the shards as they join.
+    Ok(run)
+}
+
+impl Rounds {
+    fn print(&self) {
+        eprintln!(
+            "bench: raw broker publish  {:>9.0} items/s (best of {}), consume {:.0} items/s; {}",
+            self.broker.publish.items_per_sec,
+            rates(&self.raw_publish_runs),
+            self.broker.consume.items_per_sec,
+            cpu::describe_phase(&self.broker.publish_cpu, self.broker.publish_load)
+        );
+        eprintln!(
+            "bench: relay best         {:>9.0} items/s (of {})",
+            self.relay.rate.items_per_sec,
+            rates(&self.relay_runs)
+        );
+        let by_round: Vec<String> = (self.intake_runs.iter().zip(&self.raw_publish_runs))
+            .map(|(intake, raw)| format!("{:.2}", intake / raw))
+            .collect();
+        eprintln!(
+            "bench: intake / raw publish by round: {}",
+            by_round.join(", ")
+        );
+        eprintln!(
+            "bench: intake best        {:>9.0} items/s (of {})",
+            self.intake.rate.items_per_sec,
+            rates(&self.intake_runs)
+        );
+    }
+}
+
+/// Phase 5, the drain: the last intake's backlog with one worker, then a
+/// backlog of its own (queued by an unmeasured intake) with each larger
+/// number of workers, all started at once: they split the shards as they
+/// join.
+async fn drains(
+    args: &BenchArgs,
+    base: &Settings,
+    loads: &[data::TenantLoad],
+    backlog: service::Stack,
+    (raw_db, broker_pid): (Rate, Option<u32>),
+) -> Result<(Vec<(&'static str, drain::Drained)>, Option<u64>), BenchError> {
+    let items: usize = loads.iter().map(data::TenantLoad::items).sum();
     let mut drains = Vec::new();
     let mut worker_rss = None;
-    let mut backlog = Some(stack);
+    let mut backlog = Some(backlog);
     for (workers, phase) in DRAIN_PHASES {
         let stack = match backlog.take() {
             Some(stack) => stack,
             None => {
-                intake_run(&base, &loads, args.concurrency, broker_pid)
+                intake_run(base, loads, args.concurrency, broker_pid)
                     .await?
                     .0
             }
@@ -335,13 +394,29 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
     for (_, run) in &mut drains {
         run.run.vs_one_worker = run.run.rate.items_per_sec / one_worker;
     }
-    let drain = drains[0].1.run.rate;
+    Ok((drains, worker_rss))
+}
 
-    // 6. End to end.
-    let mut stack = service::Stack::new(&base, "e2e").await?;
+/// What the end-to-end phase measured.
+struct EndToEnd {
+    rate: Rate,
+    load: Option<MachineLoad>,
+    cpu: CpuPerItem,
+    job_latency: Latency,
+}
+
+/// 6. End to end: api and worker together under sustained load.
+async fn end_to_end(
+    args: &BenchArgs,
+    base: &Settings,
+    loads: &[data::TenantLoad],
+    broker_pid: Option<u32>,
+) -> Result<EndToEnd, BenchError> {
+    let items: usize = loads.iter().map(data::TenantLoad::items).sum();
+    let mut stack = service::Stack::new(base, "e2e").await?;
     stack.start_api().await?;
     stack.start_worker()?;
-    let requests = stack.requests(&loads).await?;
+    let requests = stack.requests(loads).await?;
     let meter = CpuMeter::bench_and_broker(broker_pid)
         .with("api", stack.api_pid())
         .with("worker", stack.worker_pid())
@@ -349,78 +424,126 @@ pub async fn run(args: BenchArgs, base: Settings) -> Result<Report, BenchError> 
     let started = Instant::now();
     service::post_all(requests, args.concurrency).await?;
     stack.wait_drained(Duration::from_secs(900)).await?;
-    let end_to_end = Rate::new(items, started.elapsed());
-    let end_to_end_load = meter.load();
-    let end_to_end_cpu = meter.settled_per_item(items).await;
-    let end_to_end_job_latency = stack.job_latencies().await?;
+    let rate = Rate::new(items, started.elapsed());
+    let load = meter.load();
+    let cpu = meter.settled_per_item(items).await;
+    let job_latency = stack.job_latencies().await?;
     stack.teardown().await;
     eprintln!(
         "bench: end to end         {:>9.0} items/s (job p99 {:.0} ms); {}",
-        end_to_end.items_per_sec,
-        end_to_end_job_latency.p99_ms,
-        MachineLoad::describe(end_to_end_load)
+        rate.items_per_sec,
+        job_latency.p99_ms,
+        MachineLoad::describe(load)
     );
+    Ok(EndToEnd {
+        rate,
+        load,
+        cpu,
+        job_latency,
+    })
+}
 
-    let ratios = Ratios {
-        intake_vs_broker_publish: intake.items_per_sec / broker.publish.items_per_sec,
-        relay_vs_broker_publish: relay.rate.items_per_sec / broker.publish.items_per_sec,
-        intake_vs_relay: intake.items_per_sec / relay.rate.items_per_sec,
-        drain_vs_db_upsert: drain.items_per_sec / raw_db.items_per_sec,
-        drain_2_workers_vs_1: drains[1].1.run.vs_one_worker,
-        drain_3_workers_vs_1: drains[2].1.run.vs_one_worker,
-        end_to_end_vs_db_upsert: end_to_end.items_per_sec / raw_db.items_per_sec,
-    };
-    let report = Report {
-        items,
-        batch_size,
-        tenants: args.tenants,
-        update_ratio: args.update_ratio,
-        shards: base.shards,
-        approx_item_bytes: sample_bytes,
-        broker_wal_rolled_over: broker::every_roll_over_done(),
-        publish_channels: args.publish_channels,
-        publish_window: args.publish_window,
-        raw_db_upsert: raw_db,
-        raw_broker_publish: broker.publish,
-        raw_broker_publish_runs: raw_publish_runs,
-        raw_broker_consume: broker.consume,
-        relay: relay.rate,
-        relay_runs,
-        relay_latency: relay.latency,
-        intake,
-        intake_runs,
-        intake_latency,
-        intake_server_time,
-        api_peak_rss_mb: mb(api_rss),
-        drain,
-        drain_by_workers: drains.iter().map(|(_, d)| d.run.clone()).collect(),
-        worker_peak_rss_mb: mb(worker_rss),
-        end_to_end,
-        end_to_end_job_latency,
-        cpu_us_per_item: BTreeMap::from([
-            ("raw_broker_publish", broker.publish_cpu),
-            ("relay", relay.cpu),
-            ("intake", intake_cpu),
-            ("end_to_end", end_to_end_cpu),
-        ])
-        .into_iter()
-        .chain(drains.iter().map(|(phase, d)| (*phase, d.cpu.clone())))
-        .collect(),
-        cores_busy: [
-            ("raw_broker_publish", broker.publish_load),
-            ("relay", relay.load),
-            ("intake", intake_load),
-            ("end_to_end", end_to_end_load),
+/// Every phase's figures, for the report.
+struct Measured<'a> {
+    args: &'a BenchArgs,
+    shards: u16,
+    items: usize,
+    batch_size: usize,
+    approx_item_bytes: usize,
+    raw_db: Rate,
+    rounds: Rounds,
+    drains: Vec<(&'static str, drain::Drained)>,
+    worker_rss: Option<u64>,
+    end_to_end: EndToEnd,
+}
+
+impl Report {
+    fn of(m: Measured<'_>) -> Report {
+        let Measured {
+            args,
+            rounds: r,
+            drains,
+            end_to_end: e2e,
+            ..
+        } = m;
+        let (broker, relay, intake) = (&r.broker, &r.relay, &r.intake);
+        let drain = drains[0].1.run.rate;
+        let ratios = Ratios {
+            intake_vs_broker_publish: intake.rate.items_per_sec / broker.publish.items_per_sec,
+            relay_vs_broker_publish: relay.rate.items_per_sec / broker.publish.items_per_sec,
+            intake_vs_relay: intake.rate.items_per_sec / relay.rate.items_per_sec,
+            drain_vs_db_upsert: drain.items_per_sec / m.raw_db.items_per_sec,
+            drain_2_workers_vs_1: drains[1].1.run.vs_one_worker,
+            drain_3_workers_vs_1: drains[2].1.run.vs_one_worker,
+            end_to_end_vs_db_upsert: e2e.rate.items_per_sec / m.raw_db.items_per_sec,
+        };
+        let phases = [
+            (
+                "raw_broker_publish",
+                broker.publish_cpu.clone(),
+                broker.publish_load,
+            ),
+            ("relay", relay.cpu.clone(), relay.load),
+            ("intake", intake.cpu.clone(), intake.load),
+            ("end_to_end", e2e.cpu, e2e.load),
         ]
         .into_iter()
-        .chain(drains.iter().map(|(phase, d)| (*phase, d.load)))
-        .filter_map(|(phase, load)| Some((phase, load?)))
-        .collect(),
-        ratios,
-    };
-    let json = serde_json::to_string_pretty(&report).unwrap_or_default();
-    std::fs::write(&args.report, &json)?;
-    Ok(report)
+        .chain(
+            drains
+                .iter()
+                .map(|(phase, d)| (*phase, d.cpu.clone(), d.load)),
+        );
+        let (cpu_us_per_item, cores_busy) = split_phases(phases);
+        Report {
+            items: m.items,
+            batch_size: m.batch_size,
+            tenants: args.tenants,
+            update_ratio: args.update_ratio,
+            shards: m.shards,
+            approx_item_bytes: m.approx_item_bytes,
+            broker_wal_rolled_over: broker::every_roll_over_done(),
+            publish_channels: args.publish_channels,
+            publish_window: args.publish_window,
+            raw_db_upsert: m.raw_db,
+            raw_broker_publish: broker.publish,
+            raw_broker_publish_runs: r.raw_publish_runs.clone(),
+            raw_broker_consume: broker.consume,
+            relay: relay.rate,
+            relay_runs: r.relay_runs.clone(),
+            relay_latency: relay.latency,
+            intake: intake.rate,
+            intake_runs: r.intake_runs.clone(),
+            intake_latency: intake.latency,
+            intake_server_time: intake.time,
+            api_peak_rss_mb: mb(r.api_rss),
+            drain,
+            drain_by_workers: drains.iter().map(|(_, d)| d.run.clone()).collect(),
+            worker_peak_rss_mb: mb(m.worker_rss),
+            end_to_end: e2e.rate,
+            end_to_end_job_latency: e2e.job_latency,
+            cpu_us_per_item,
+            cores_busy,
+            ratios,
+        }
+    }
+}
+
+/// Each phase's CPU per item, and how busy the cores were where that was
+/// measured.
+fn split_phases(
+    phases: impl Iterator<Item = (&'static str, CpuPerItem, Option<MachineLoad>)>,
+) -> (
+    BTreeMap<&'static str, CpuPerItem>,
+    BTreeMap<&'static str, MachineLoad>,
+) {
+    let (mut cpu, mut cores) = (BTreeMap::new(), BTreeMap::new());
+    for (phase, per_item, load) in phases {
+        cpu.insert(phase, per_item);
+        if let Some(load) = load {
+            cores.insert(phase, load);
+        }
+    }
+    (cpu, cores)
 }
 
 /// Rates for a console line.

@@ -72,6 +72,9 @@ pub enum BatchFailure {
         correlation_id: Uuid,
         error: JobError,
     },
+    /// The job was cancelled (by someone else) before it was applied.
+    #[error("job {correlation_id} was cancelled before it was applied")]
+    Cancelled { correlation_id: Uuid },
     /// Every allowed attempt met a transient error (429, 5xx, network).
     #[error("gave up after {attempts} attempts; last: {last}")]
     GaveUp { attempts: u32, last: String },

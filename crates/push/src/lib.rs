@@ -29,7 +29,7 @@ use std::{
 };
 use sync_ingest::{
     domain::{Entity, Operation},
-    store::{JobError, JobStatus},
+    store::{JobError, JobErrorCode, JobStatus},
 };
 
 /// Arguments of `sync-ingest push`.
@@ -158,18 +158,7 @@ struct Run<'a> {
 
 /// Reads the inputs and pushes them; Err only for usage and input errors.
 pub async fn push(args: PushArgs) -> Result<Summary, PushError> {
-    let limit = batch_limit(args.entity);
-    let batch_size = match args.batch_size.map(|n| n as usize) {
-        Some(requested) if requested > limit => {
-            return Err(PushError::BatchTooLarge {
-                requested,
-                entity: args.entity,
-                limit,
-            })
-        }
-        Some(requested) => requested,
-        None => limit,
-    };
+    let batch_size = batch_size(&args)?;
     // Blocking reads are fine here: nothing else runs yet.
     let items = input::Items::read(&args.files)?;
     let progress = Arc::new(Progress::new(items.len()));
@@ -230,6 +219,20 @@ pub async fn push(args: PushArgs) -> Result<Summary, PushError> {
     ))
 }
 
+/// The batch size asked for, within the entity's limit.
+fn batch_size(args: &PushArgs) -> Result<usize, PushError> {
+    let limit = batch_limit(args.entity);
+    match args.batch_size.map(|n| n as usize) {
+        Some(requested) if requested > limit => Err(PushError::BatchTooLarge {
+            requested,
+            entity: args.entity,
+            limit,
+        }),
+        Some(requested) => Ok(requested),
+        None => Ok(limit),
+    }
+}
+
 /// Consecutive ranges of at most `size` items covering `0..total`.
 fn batches(total: usize, size: usize) -> Vec<Range<usize>> {
     (0..total)
@@ -276,18 +279,13 @@ async fn submit_and_follow(
     let job = run.client.follow(job).await?;
     match job.status {
         JobStatus::Succeeded => Ok(job),
-        JobStatus::Cancelled => Err(BatchFailure::JobFailed {
+        JobStatus::Cancelled => Err(BatchFailure::Cancelled {
             correlation_id: job.correlation_id,
-            error: JobError {
-                code: "cancelled".into(),
-                message: "the job was cancelled before it was applied".into(),
-                indexes: None,
-            },
         }),
         _ => Err(BatchFailure::JobFailed {
             correlation_id: job.correlation_id,
             error: job.error.unwrap_or_else(|| JobError {
-                code: "unknown".into(),
+                code: JobErrorCode::Unknown,
                 message: "the job failed without saying why".into(),
                 indexes: None,
             }),
