@@ -80,15 +80,7 @@ impl Service {
         let pool =
             store::connect_and_migrate_as(&settings.database_url, POOL_SIZE, &sessions).await?;
         let (membership, membership_view) = watch::channel(worker::Status::default());
-        let publisher = Arc::new(Publisher::new(
-            &settings.amqp_url,
-            publisher_name(mode),
-            topology(&settings),
-            settings.confirm_timeout(),
-        ));
-        if !publisher.is_ready().await {
-            tracing::warn!("broker unreachable at start-up; will keep trying");
-        }
+        let publisher = publisher(&settings, mode).await;
         let state = AppState::new(
             settings.clone(),
             pool.clone(),
@@ -100,18 +92,7 @@ impl Service {
             stop: CancellationToken::new(),
             tasks: JoinSet::new(),
         };
-        // Background duties shut down with the rest, but nobody waits for
-        // them to finish a round.
-        parts.tasks.spawn(retention::run(
-            pool.clone(),
-            settings.retention(),
-            Duration::from_secs(settings.purge_interval_secs.max(1)),
-            parts.stop.clone(),
-        ));
-        let stop = parts.stop.clone();
-        parts
-            .tasks
-            .spawn(crate::telemetry::sample_pool(pool.clone(), stop));
+        parts.start_duties(&pool);
         let http_addr = match mode {
             Mode::Worker => None,
             Mode::All | Mode::Api => Some(parts.start_front(&state).await?),
@@ -200,12 +181,24 @@ fn sessions(
     }
 }
 
-fn publisher_name(mode: Mode) -> &'static str {
-    match mode {
+/// The process's publisher (batches and results), connected if the broker
+/// is there; if not, it connects on first use.
+async fn publisher(settings: &Settings, mode: Mode) -> Arc<Publisher> {
+    let name = match mode {
         Mode::All => "sync-ingest all",
         Mode::Api => "sync-ingest api",
         Mode::Worker => "sync-ingest worker results",
+    };
+    let publisher = Arc::new(Publisher::new(
+        &settings.amqp_url,
+        name,
+        topology(settings),
+        settings.confirm_timeout(),
+    ));
+    if !publisher.is_ready().await {
+        tracing::warn!("broker unreachable at start-up; will keep trying");
     }
+    publisher
 }
 
 /// What is being started: the tasks of one process and what stops them.
@@ -216,6 +209,22 @@ struct Parts {
 }
 
 impl Parts {
+    /// Background duties: they shut down with the rest, but nobody waits
+    /// for them to finish a round.
+    fn start_duties(&mut self, pool: &PgPool) {
+        let every = Duration::from_secs(self.settings.purge_interval_secs.max(1));
+        let retention = retention::run(
+            pool.clone(),
+            self.settings.retention(),
+            every,
+            self.stop.clone(),
+        );
+        self.tasks.spawn(retention);
+        let stop = self.stop.clone();
+        self.tasks
+            .spawn(crate::telemetry::sample_pool(pool.clone(), stop));
+    }
+
     /// The HTTP front: the results listener, the backlog sampler and the
     /// public listener; its address.
     async fn start_front(&mut self, state: &AppState) -> Result<SocketAddr, StartError> {

@@ -3,8 +3,8 @@
 //!
 //! `axum::serve` would do, but it cannot bound hyper's per-connection read
 //! buffer, which grows to ~400 KiB for large bodies and stays with the
-//! kept-alive connection: with 64 clients pushing 1000-piece batches that
-//! was most of the api's memory (peak RSS 126–154 MB; 87–94 MB bounded).
+//! kept-alive connection: with many clients pushing full batches, that
+//! would be most of the api's memory.
 
 use crate::telemetry::metrics as m;
 use axum::Router;

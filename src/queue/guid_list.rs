@@ -4,7 +4,7 @@
 //! worker and in the 202 answer — a thousand of them for a full batch of
 //! pieces. Through serde each is formatted into a string and then scanned
 //! byte by byte for characters to escape, which a hyphenated UUID never
-//! has: a tenth of the api's instructions per request. Here each is
+//! has, a large share of the api's work per request. Here each is
 //! formatted once, in place.
 
 use uuid::Uuid;

@@ -116,6 +116,18 @@ impl Worker {
                 return failed.await.unwrap_or(Disposition::Ack);
             }
         };
+        self.finished(&message, &job, trace, stop).await
+    }
+
+    /// Logs a finished job and publishes its result: then the delivery may
+    /// be acked.
+    async fn finished(
+        &self,
+        message: &BatchMessage<'_>,
+        job: &crate::store::Job,
+        trace: Option<TraceContext>,
+        stop: &CancellationToken,
+    ) -> Disposition {
         tracing::info!(
             batch = %describe(&message.work),
             status = job.status.as_str(),
@@ -124,7 +136,7 @@ impl Worker {
             attempts = job.attempts,
             "job finished"
         );
-        if self.publish_result(&job, trace, stop).await {
+        if self.publish_result(job, trace, stop).await {
             Disposition::Ack
         } else {
             Disposition::GiveBack

@@ -468,15 +468,7 @@ impl Report {
         } = m;
         let (broker, relay, intake) = (&r.broker, &r.relay, &r.intake);
         let drain = drains[0].1.run.rate;
-        let ratios = Ratios {
-            intake_vs_broker_publish: intake.rate.items_per_sec / broker.publish.items_per_sec,
-            relay_vs_broker_publish: relay.rate.items_per_sec / broker.publish.items_per_sec,
-            intake_vs_relay: intake.rate.items_per_sec / relay.rate.items_per_sec,
-            drain_vs_db_upsert: drain.items_per_sec / m.raw_db.items_per_sec,
-            drain_2_workers_vs_1: drains[1].1.run.vs_one_worker,
-            drain_3_workers_vs_1: drains[2].1.run.vs_one_worker,
-            end_to_end_vs_db_upsert: e2e.rate.items_per_sec / m.raw_db.items_per_sec,
-        };
+        let ratios = Ratios::of(&r, &drains, e2e.rate, m.raw_db);
         let phases = [
             (
                 "raw_broker_publish",
@@ -524,6 +516,21 @@ impl Report {
             cpu_us_per_item,
             cores_busy,
             ratios,
+        }
+    }
+}
+
+impl Ratios {
+    fn of(r: &Rounds, drains: &[(&str, drain::Drained)], end_to_end: Rate, raw_db: Rate) -> Ratios {
+        let (broker, relay, intake) = (&r.broker.publish, &r.relay.rate, &r.intake.rate);
+        Ratios {
+            intake_vs_broker_publish: intake.items_per_sec / broker.items_per_sec,
+            relay_vs_broker_publish: relay.items_per_sec / broker.items_per_sec,
+            intake_vs_relay: intake.items_per_sec / relay.items_per_sec,
+            drain_vs_db_upsert: drains[0].1.run.rate.items_per_sec / raw_db.items_per_sec,
+            drain_2_workers_vs_1: drains[1].1.run.vs_one_worker,
+            drain_3_workers_vs_1: drains[2].1.run.vs_one_worker,
+            end_to_end_vs_db_upsert: end_to_end.items_per_sec / raw_db.items_per_sec,
         }
     }
 }

@@ -144,13 +144,37 @@ pub async fn broker(
         publishers.push(channel);
     }
     topology.declare(&publishers[0]).await?;
-    let exchange = topology.requests_exchange();
-
     broker::settle(broker_pid).await;
     let cpu = CpuMeter::bench_and_broker(broker_pid);
     let started = Instant::now();
+    publish_all(topology, messages, &publishers, window).await?;
+    let publish = Rate::new(items, started.elapsed());
+    let publish_load = cpu.load();
+    let publish_cpu = cpu.settled_per_item(items).await;
+    let started = Instant::now();
+    consume_all(&connection, topology, messages.len()).await?;
+    let consume = Rate::new(items, started.elapsed());
+    let _ = connection.close(200, "bench done".into()).await;
+    topology.remove(url).await;
+    Ok(BrokerRates {
+        publish,
+        consume,
+        publish_cpu,
+        publish_load,
+    })
+}
+
+/// Publishes every message, taking turns on `channels`, with up to
+/// `window` confirms outstanding.
+async fn publish_all(
+    topology: &Topology,
+    messages: &[RawMessage],
+    channels: &[lapin::Channel],
+    window: usize,
+) -> Result<(), BenchError> {
+    let exchange = topology.requests_exchange();
     let mut in_flight = FuturesUnordered::new();
-    for (message, channel) in messages.iter().zip(publishers.iter().cycle()) {
+    for (message, channel) in messages.iter().zip(channels.iter().cycle()) {
         if in_flight.len() >= window {
             if let Some(confirm) = in_flight.next().await {
                 check_ack(confirm)?;
@@ -175,17 +199,20 @@ pub async fn broker(
     while let Some(confirm) = in_flight.next().await {
         check_ack(confirm)?;
     }
-    let publish = Rate::new(items, started.elapsed());
-    let publish_load = cpu.load();
-    let publish_cpu = cpu.settled_per_item(items).await;
+    Ok(())
+}
 
-    let consumer_channel = connection.create_channel().await?;
-    consumer_channel
-        .basic_qos(100, BasicQosOptions::default())
-        .await?;
+/// Consumes and acks `count` messages from every request queue.
+async fn consume_all(
+    connection: &Connection,
+    topology: &Topology,
+    count: usize,
+) -> Result<(), BenchError> {
+    let channel = connection.create_channel().await?;
+    channel.basic_qos(100, BasicQosOptions::default()).await?;
     let mut consumers = Vec::new();
     for queue in topology.request_queues() {
-        let consumer = consumer_channel
+        let consumer = channel
             .basic_consume(
                 queue.as_str().into(),
                 format!("bench-{queue}").into(),
@@ -196,24 +223,15 @@ pub async fn broker(
         consumers.push(consumer);
     }
     let mut deliveries = futures_util::stream::select_all(consumers);
-    let started = Instant::now();
-    for _ in 0..messages.len() {
+    for _ in 0..count {
         let Some(delivery) = deliveries.next().await else {
             break;
         };
         delivery?.ack(BasicAckOptions::default()).await?;
     }
-    let consume = Rate::new(items, started.elapsed());
     drop(deliveries);
-    let _ = consumer_channel.close(200, "consumed".into()).await;
-    let _ = connection.close(200, "bench done".into()).await;
-    topology.remove(url).await;
-    Ok(BrokerRates {
-        publish,
-        consume,
-        publish_cpu,
-        publish_load,
-    })
+    let _ = channel.close(200, "consumed".into()).await;
+    Ok(())
 }
 
 fn check_ack(confirm: lapin::Result<lapin::Confirmation>) -> Result<(), BenchError> {
