@@ -74,7 +74,7 @@ impl Service {
     pub async fn start(settings: Settings, mode: Mode) -> Result<Service, StartError> {
         crate::telemetry::prometheus();
         let settings = Arc::new(settings);
-        let leases = settings.lease_timing().map_err(StartError::Settings)?;
+        let leases = worker::LeaseTiming::of(&settings).map_err(StartError::Settings)?;
         let worker_id = Uuid::now_v7();
         let sessions = sessions(mode, worker_id, leases, &settings);
         let pool =
@@ -215,7 +215,7 @@ impl Parts {
         let every = Duration::from_secs(self.settings.purge_interval_secs.max(1));
         let retention = retention::run(
             pool.clone(),
-            self.settings.retention(),
+            retention::Retention::of(&self.settings),
             every,
             self.stop.clone(),
         );

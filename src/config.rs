@@ -251,28 +251,6 @@ impl Settings {
         Duration::from_millis(self.confirm_timeout_ms)
     }
 
-    /// A worker's lease TTL and heartbeat interval, or why they do not fit.
-    pub fn lease_timing(&self) -> Result<crate::worker::LeaseTiming, String> {
-        if self.heartbeat_secs.saturating_mul(3) > self.lease_ttl_secs {
-            return Err(format!(
-                "SYNC_HEARTBEAT_SECS ({}) must be at most a third of SYNC_LEASE_TTL_SECS ({})",
-                self.heartbeat_secs, self.lease_ttl_secs
-            ));
-        }
-        Ok(crate::worker::LeaseTiming {
-            ttl: Duration::from_secs(self.lease_ttl_secs),
-            heartbeat: Duration::from_secs(self.heartbeat_secs),
-        })
-    }
-
-    /// How long finished jobs and tombstones are kept.
-    pub fn retention(&self) -> crate::retention::Retention {
-        crate::retention::Retention {
-            job_hours: self.job_retention_hours,
-            tombstone_days: self.tombstone_retention_days,
-        }
-    }
-
     /// Bound on a graceful shutdown.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)

@@ -28,6 +28,16 @@ pub struct Retention {
     pub tombstone_days: u64,
 }
 
+impl Retention {
+    /// The retention `settings` ask for.
+    pub fn of(settings: &crate::config::Settings) -> Retention {
+        Retention {
+            job_hours: settings.job_retention_hours,
+            tombstone_days: settings.tombstone_retention_days,
+        }
+    }
+}
+
 /// Deletes at most `CHUNK * CHUNKS_PER_RUN` rows of each kind. Every
 /// process runs the purge, but one at a time does the work: the others
 /// find the purge's lock taken and skip their round.

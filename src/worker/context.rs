@@ -57,6 +57,23 @@ pub struct LeaseTiming {
     pub heartbeat: Duration,
 }
 
+impl LeaseTiming {
+    /// The timing `settings` ask for, or why it does not fit.
+    pub fn of(settings: &crate::config::Settings) -> Result<LeaseTiming, String> {
+        let (ttl, heartbeat) = (settings.lease_ttl_secs, settings.heartbeat_secs);
+        if heartbeat.saturating_mul(3) > ttl {
+            return Err(format!(
+                "SYNC_HEARTBEAT_SECS ({heartbeat}) must be at most a third of \
+                 SYNC_LEASE_TTL_SECS ({ttl})"
+            ));
+        }
+        Ok(LeaseTiming {
+            ttl: Duration::from_secs(ttl),
+            heartbeat: Duration::from_secs(heartbeat),
+        })
+    }
+}
+
 /// The consumers' broker URL: `url`, with an AMQP heartbeat of half the
 /// lease TTL unless the URL sets one. The broker gives a consumer's
 /// messages back only once it sees the connection dead, and a paused
