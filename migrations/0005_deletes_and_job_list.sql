@@ -8,12 +8,20 @@ ALTER TABLE sync_jobs
     ADD COLUMN deleted   integer,
     ADD COLUMN not_found integer;
 
--- A queued job may end cancelled. Added NOT VALID and validated apart, so
--- that the scan of existing rows does not hold the table's exclusive lock.
+-- A queued job may end cancelled.
 ALTER TABLE sync_jobs DROP CONSTRAINT sync_jobs_status_check;
 ALTER TABLE sync_jobs ADD CONSTRAINT sync_jobs_status_check
-    CHECK (status IN ('queued', 'processing', 'succeeded', 'failed', 'cancelled')) NOT VALID;
-ALTER TABLE sync_jobs VALIDATE CONSTRAINT sync_jobs_status_check;
+    CHECK (status IN ('queued', 'processing', 'succeeded', 'failed', 'cancelled'));
+
+-- The job list: a company's jobs newest first, paged by the key
+-- (submitted_at, correlation_id). Jobs recorded together share their
+-- submitted_at, so the id must be in the key, and in the index that
+-- replaces the one on (company_guid, submitted_at). Not CONCURRENTLY: every
+-- process migrates at start-up, and a concurrent build waits for the other
+-- migrators, which wait on the migration lock it holds.
+CREATE INDEX sync_jobs_company_list_idx
+    ON sync_jobs (company_guid, submitted_at, correlation_id);
+DROP INDEX sync_jobs_company_submitted_idx;
 
 -- Tombstones: one row per entity row a delete job removed, so that systems
 -- reading the database can follow deletions (in `id` order). Purged after

@@ -59,6 +59,8 @@ pub struct Channels {
     url: String,
     name: String,
     topology: Topology,
+    /// How long opening a connection may take.
+    connect_timeout: Duration,
     link: Mutex<Link>,
 }
 
@@ -106,12 +108,14 @@ impl managed::Manager for Channels {
                 .last_failure
                 .is_some_and(|at| at.elapsed() < RECONNECT_PAUSE)
             {
-                return Err(lapin::ErrorKind::InvalidConnectionState(
-                    lapin::ConnectionState::Closed,
-                )
-                .into());
+                return Err(closed());
             }
-            match self.connect().await {
+            // Bounded here, not by the pool: a connect that timed out must
+            // count as a failure, so that the callers behind it fail fast.
+            let connected = tokio::time::timeout(self.connect_timeout, self.connect())
+                .await
+                .unwrap_or_else(|_| Err(closed()));
+            match connected {
                 Ok(connection) => {
                     link.connection = Some(connection);
                     link.generation += 1;
@@ -150,6 +154,11 @@ impl managed::Manager for Channels {
     }
 }
 
+/// The error of a connection that is not there.
+fn closed() -> lapin::Error {
+    lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed).into()
+}
+
 /// Publishes batches and results with confirms.
 pub struct Publisher {
     topology: Topology,
@@ -164,14 +173,15 @@ impl Publisher {
             url: url.to_owned(),
             name: name.to_owned(),
             topology: topology.clone(),
+            connect_timeout: confirm_timeout,
             link: Mutex::new(Link::default()),
         };
+        // A publish holds its channel only to hand the message over, not
+        // for the confirm: a few channels serve any number of publishes.
         let channels = managed::Pool::builder(manager)
             .max_size(CHANNELS)
             .runtime(deadpool::Runtime::Tokio1)
             .wait_timeout(Some(confirm_timeout))
-            .create_timeout(Some(confirm_timeout))
-            .recycle_timeout(Some(confirm_timeout))
             .build()
             .unwrap_or_else(|e| unreachable!("a pool with a runtime always builds: {e}"));
         Publisher {
@@ -190,19 +200,17 @@ impl Publisher {
     async fn channel(&self) -> Result<Object<Channels>, PublishError> {
         self.channels.get().await.map_err(|error| match error {
             PoolError::Backend(e) => PublishError::Unavailable(e.to_string()),
-            PoolError::Timeout(_) => PublishError::Unavailable("connect timed out".into()),
+            PoolError::Timeout(_) => PublishError::Unavailable("no channel free in time".into()),
             other => PublishError::Unavailable(other.to_string()),
         })
     }
 
-    /// Takes a channel that failed out of the pool, and with it its
-    /// connection, which is suspect: the next channel opens a new one.
-    async fn discard(&self, channel: Object<Channels>) {
-        let failed = Object::take(channel);
+    /// Forgets the connection of a publish that failed, which is suspect:
+    /// its channels fail their recycling, and the next one opens a new
+    /// connection. A newer connection is never touched.
+    async fn discard(&self, generation: u64) {
         let manager = self.channels.manager();
-        manager
-            .forget(failed.generation, self.confirm_timeout)
-            .await;
+        manager.forget(generation, self.confirm_timeout).await;
     }
 
     /// True when the broker is reachable (connecting now if needed).
@@ -222,11 +230,12 @@ impl Publisher {
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
         let pooled = self.channel().await?;
+        let generation = pooled.generation;
         let properties = properties
             .with_delivery_mode(2)
             .with_content_type("application/json".into());
         let started = Instant::now();
-        let sent = send(&pooled.channel, exchange, routing_key, body, properties);
+        let sent = send(pooled, exchange, routing_key, body, properties);
         let confirmed = tokio::time::timeout(self.confirm_timeout, sent).await;
         record_confirm(&confirmed, started);
         let failed = match confirmed {
@@ -241,7 +250,7 @@ impl Publisher {
             // its connection.
             Err(_) => PublishError::Timeout(self.confirm_timeout),
         };
-        self.discard(pooled).await;
+        self.discard(generation).await;
         Err(failed)
     }
 
@@ -307,11 +316,12 @@ impl Publisher {
     }
 }
 
-/// Publishes `body` on `channel`, mandatory, and waits for the confirm.
-/// `body` is dropped once handed to the connection: a batch is hundreds of
-/// KiB, and it need not wait for the confirm in memory twice.
+/// Publishes `body` on the pooled channel, mandatory, gives the channel
+/// back to the pool, and waits for the confirm. `body` is dropped once
+/// handed to the connection: a batch is hundreds of KiB, and it need not
+/// wait for the confirm in memory twice.
 async fn send(
-    channel: &Channel,
+    pooled: Object<Channels>,
     exchange: &str,
     routing_key: &str,
     body: Vec<u8>,
@@ -321,7 +331,8 @@ async fn send(
         mandatory: true,
         ..BasicPublishOptions::default()
     };
-    let confirm = channel
+    let confirm = pooled
+        .channel
         .basic_publish(
             exchange.into(),
             routing_key.into(),
@@ -330,6 +341,7 @@ async fn send(
             properties,
         )
         .await?;
+    drop(pooled);
     drop(body);
     confirm.await
 }

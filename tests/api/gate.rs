@@ -24,6 +24,7 @@ pub struct BrokerGate {
 
 impl BrokerGate {
     /// A gate that starts closed.
+    #[allow(dead_code)]
     pub async fn closed() -> BrokerGate {
         Self::start(CLOSED).await
     }

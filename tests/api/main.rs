@@ -12,7 +12,6 @@ mod contract;
 mod deletes;
 mod entities;
 mod leases;
-mod push;
 mod reading;
 mod recorder;
 mod router;

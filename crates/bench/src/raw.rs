@@ -151,9 +151,8 @@ pub async fn broker(
     let publish = Rate::new(items, started.elapsed());
     let publish_load = cpu.load();
     let publish_cpu = cpu.settled_per_item(items).await;
-    let started = Instant::now();
-    consume_all(&connection, topology, messages.len()).await?;
-    let consume = Rate::new(items, started.elapsed());
+    let consuming = consume_all(&connection, topology, messages.len()).await?;
+    let consume = Rate::new(items, consuming);
     let _ = connection.close(200, "bench done".into()).await;
     topology.remove(url).await;
     Ok(BrokerRates {
@@ -202,12 +201,13 @@ async fn publish_all(
     Ok(())
 }
 
-/// Consumes and acks `count` messages from every request queue.
+/// Consumes and acks `count` messages from every request queue; how long
+/// that took, once subscribed.
 async fn consume_all(
     connection: &Connection,
     topology: &Topology,
     count: usize,
-) -> Result<(), BenchError> {
+) -> Result<std::time::Duration, BenchError> {
     let channel = connection.create_channel().await?;
     channel.basic_qos(100, BasicQosOptions::default()).await?;
     let mut consumers = Vec::new();
@@ -223,15 +223,17 @@ async fn consume_all(
         consumers.push(consumer);
     }
     let mut deliveries = futures_util::stream::select_all(consumers);
+    let started = Instant::now();
     for _ in 0..count {
         let Some(delivery) = deliveries.next().await else {
             break;
         };
         delivery?.ack(BasicAckOptions::default()).await?;
     }
+    let consuming = started.elapsed();
     drop(deliveries);
     let _ = channel.close(200, "consumed".into()).await;
-    Ok(())
+    Ok(consuming)
 }
 
 fn check_ack(confirm: lapin::Result<lapin::Confirmation>) -> Result<(), BenchError> {

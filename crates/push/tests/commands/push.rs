@@ -75,12 +75,11 @@ impl std::fmt::Display for PushRun {
     }
 }
 
-/// Runs `sync-ingest push ARGS` against `base` with `token` (given through
+/// Runs `sync-ingest-push ARGS` against `base` with `token` (given through
 /// `SYNC_TOKEN`), feeding `stdin`.
 async fn push_to(base: &str, token: &str, args: &[&str], stdin: Option<Vec<u8>>) -> PushRun {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sync-ingest"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sync-ingest-push"));
     command
-        .arg("push")
         .args(["--url", base])
         .args(args)
         .env("SYNC_TOKEN", token)
@@ -523,11 +522,10 @@ async fn push_delete_removes_the_rows_a_file_names_and_jobs_lists_them() {
     assert_eq!(all.lines().count(), 2, "{all}");
 }
 
-/// Runs `sync-ingest jobs ARGS` against the app; its stdout (exit 0 asserted).
+/// Runs `sync-ingest-jobs ARGS` against the app; its stdout (exit 0 asserted).
 async fn jobs_command(app: &TestApp, token: &str, args: &[&str]) -> String {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sync-ingest"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sync-ingest-jobs"));
     command
-        .arg("jobs")
         .args(["--url", &app.base])
         .args(args)
         .env("SYNC_TOKEN", token)
