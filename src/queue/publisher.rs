@@ -173,17 +173,17 @@ impl Publisher {
             url: url.to_owned(),
             name: name.to_owned(),
             topology: topology.clone(),
-            connect_timeout: confirm_timeout,
+            // Within `channel`'s bound, so that a connect that times out is
+            // recorded as a failure before the caller gives up on it.
+            connect_timeout: confirm_timeout.mul_f64(0.8),
             link: Mutex::new(Link::default()),
         };
         // A publish holds its channel only to hand the message over, not
         // for the confirm: a few channels serve any number of publishes.
         let channels = managed::Pool::builder(manager)
             .max_size(CHANNELS)
-            .runtime(deadpool::Runtime::Tokio1)
-            .wait_timeout(Some(confirm_timeout))
             .build()
-            .unwrap_or_else(|e| unreachable!("a pool with a runtime always builds: {e}"));
+            .unwrap_or_else(|e| unreachable!("a pool without timeouts always builds: {e}"));
         Publisher {
             topology,
             confirm_timeout,
@@ -196,13 +196,17 @@ impl Publisher {
         &self.topology
     }
 
-    /// A confirm-mode channel, from the pool or newly opened.
+    /// A confirm-mode channel, from the pool or newly opened, within the
+    /// confirm timeout: a publish waits at most that long for its channel,
+    /// and as long again for its confirm.
     async fn channel(&self) -> Result<Object<Channels>, PublishError> {
-        self.channels.get().await.map_err(|error| match error {
-            PoolError::Backend(e) => PublishError::Unavailable(e.to_string()),
-            PoolError::Timeout(_) => PublishError::Unavailable("no channel free in time".into()),
-            other => PublishError::Unavailable(other.to_string()),
-        })
+        let got = tokio::time::timeout(self.confirm_timeout, self.channels.get()).await;
+        match got {
+            Ok(Ok(channel)) => Ok(channel),
+            Ok(Err(PoolError::Backend(e))) => Err(PublishError::Unavailable(e.to_string())),
+            Ok(Err(other)) => Err(PublishError::Unavailable(other.to_string())),
+            Err(_) => Err(PublishError::Unavailable("no channel in time".into())),
+        }
     }
 
     /// Forgets the connection of a publish that failed, which is suspect:
