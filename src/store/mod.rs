@@ -4,6 +4,7 @@ pub mod api_keys;
 pub mod deletions;
 mod entities;
 pub mod idempotency;
+mod job;
 pub mod job_list;
 pub mod jobs;
 pub mod leases;
