@@ -1,5 +1,6 @@
 //! The HTTP front: routers for the public and the operations listener.
 
+mod answer;
 mod backpressure;
 mod body;
 mod error;
@@ -15,11 +16,11 @@ mod progress;
 mod state;
 mod submit;
 
+pub use answer::Accepted;
 pub use error::ApiError;
 pub use in_flight::InFlight;
 pub use listener::{serve, ConnectionLimit};
 pub use state::AppState;
-pub use submit::Accepted;
 
 use crate::domain::Operation;
 use axum::{

@@ -3,7 +3,7 @@
 //! schemas from the entities' descriptions the reader reads by, limits
 //! from the running settings.
 
-use super::{error::Problem, jobs::JobPage, submit::Accepted};
+use super::{answer::Accepted, error::Problem, jobs::JobPage};
 use crate::{
     config::Settings,
     domain::{fields, Deletion, Entity, Field, FieldError, Item, Operation},

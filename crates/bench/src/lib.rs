@@ -17,6 +17,7 @@ mod broker;
 mod cpu;
 pub(crate) mod data;
 mod drain;
+mod intake;
 mod raw;
 mod relay;
 mod report;
@@ -25,6 +26,7 @@ mod stats;
 
 use cpu::{CpuMeter, CpuPerItem, MachineLoad};
 use drain::{drain, shares_of, DrainRun, DRAIN_PHASES};
+use intake::{intake_run, Intake};
 use report::Measured;
 pub use report::{summary, Ratios, Report, ServerTime};
 use serde::Serialize;
@@ -380,58 +382,4 @@ async fn end_to_end(
 fn rates(runs: &[f64]) -> String {
     let rates: Vec<String> = runs.iter().map(|r| format!("{r:.0}")).collect();
     rates.join(", ")
-}
-
-/// One intake run's figures.
-struct Intake {
-    rate: Rate,
-    latency: Latency,
-    time: Option<ServerTime>,
-    cpu: CpuPerItem,
-    load: Option<MachineLoad>,
-    api_rss: Option<u64>,
-}
-
-/// Submits every batch to a fresh api with no worker, `concurrency`
-/// requests at a time. Returns the stack, its backlog queued.
-async fn intake_run(
-    base: &Settings,
-    loads: &[data::TenantLoad],
-    concurrency: usize,
-    broker_pid: Option<u32>,
-) -> Result<(service::Stack, Intake), BenchError> {
-    let items: usize = loads.iter().map(data::TenantLoad::items).sum();
-    let mut stack = service::Stack::new(base, "intake").await?;
-    stack.start_api().await?;
-    let requests = stack.requests(loads).await?;
-    stack
-        .warm_up(&requests, concurrency, WARM_UP_ROUNDS)
-        .await?;
-    broker::settle(broker_pid).await;
-    let meter = CpuMeter::bench_and_broker(broker_pid)
-        .with("api", stack.api_pid())
-        .with_postgres(cpu::postgres(&stack.pool).await);
-    let before = stack.api_metrics().await?;
-    let (rate, latency) = service::post_all(requests, concurrency).await?;
-    let load = meter.load();
-    let time = ServerTime::between(&before, &stack.api_metrics().await?);
-    let cpu = meter.settled_per_item(items).await;
-    let (api_rss, _) = stack.peak_rss();
-    eprintln!(
-        "bench: intake             {:>9.0} items/s (p50 {:.1} ms, p99 {:.1} ms; {}); {}",
-        rate.items_per_sec,
-        latency.p50_ms,
-        latency.p99_ms,
-        ServerTime::describe(time),
-        cpu::describe_phase(&cpu, load)
-    );
-    let run = Intake {
-        rate,
-        latency,
-        time,
-        cpu,
-        load,
-        api_rss,
-    };
-    Ok((stack, run))
 }
