@@ -30,11 +30,10 @@ pub async fn get_job(
     if !principal.can_read() {
         return Err(ApiError::InsufficientScope);
     }
-    let not_found = || ApiError::NotFound(format!("no job {id}"));
-    let uuid = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let uuid = job_id(&id)?;
     let job = jobs::find_visible(&state.pool, uuid, principal.visible_company())
         .await?
-        .ok_or_else(not_found)?;
+        .ok_or_else(|| unknown(&id))?;
     let job = if job.status == JobStatus::Queued {
         let ahead = jobs::open_jobs_ahead(&state.pool, &job).await?;
         progress::with_progress(&state, job, u64::try_from(ahead).unwrap_or(0))
@@ -56,8 +55,7 @@ pub async fn cancel_job(
     if !principal.can_write() {
         return Err(ApiError::InsufficientScope);
     }
-    let not_found = || ApiError::NotFound(format!("no job {id}"));
-    let uuid = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let uuid = job_id(&id)?;
     let company = principal.visible_company();
     if let Some(job) = jobs::cancel(&state.pool, uuid, company).await? {
         let (entity, status) = (job.entity.0.as_str(), job.status.as_str());
@@ -70,8 +68,18 @@ pub async fn cancel_job(
     }
     match jobs::find_visible(&state.pool, uuid, company).await? {
         Some(job) => Err(ApiError::JobNotCancellable(job.status)),
-        None => Err(not_found()),
+        None => Err(unknown(&id)),
     }
+}
+
+/// The id in a job's path; a malformed one is as unknown as any other.
+fn job_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| unknown(id))
+}
+
+/// The 404 of a job that is unknown, or another company's: the same answer.
+fn unknown(id: &str) -> ApiError {
+    ApiError::NotFound(format!("no job {id}"))
 }
 
 /// The query of `GET /api/v1/sync/jobs`, as sent: each parameter is read

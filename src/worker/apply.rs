@@ -126,14 +126,7 @@ async fn check_and_apply(
     message: &BatchMessage<'_>,
 ) -> Result<Effect, StoreError> {
     match &message.work {
-        Work::Upsert(batch) => {
-            let (outcome, violations) = check_and_upsert(conn, batch).await?;
-            Ok(if violations.is_empty() {
-                Effect::Upserted(outcome)
-            } else {
-                Effect::Violations(violations)
-            })
-        }
+        Work::Upsert(batch) => check_and_upsert(conn, batch).await,
         Work::Delete(entity, keys) => {
             let violations = deletions::foreign_rows(conn, *entity, keys).await?;
             if !violations.is_empty() {
@@ -163,13 +156,17 @@ async fn holds(conn: &mut sqlx::PgConnection, fence: Option<&Fence>) -> Result<b
 async fn check_and_upsert(
     conn: &mut sqlx::PgConnection,
     batch: &crate::domain::Batch<'_>,
-) -> Result<(store::UpsertOutcome, Vec<usize>), StoreError> {
+) -> Result<Effect, StoreError> {
     let mut violations = store::find_foreign_references(conn, batch).await?;
     let outcome = store::upsert_batch(conn, batch).await?;
     violations.extend(&outcome.foreign_indexes);
     violations.sort_unstable();
     violations.dedup();
-    Ok((outcome, violations))
+    Ok(if violations.is_empty() {
+        Effect::Upserted(outcome)
+    } else {
+        Effect::Violations(violations)
+    })
 }
 
 /// Marks the job of an unusable message failed (if it still runs), under
